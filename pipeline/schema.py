@@ -1,0 +1,93 @@
+"""The records every part of the project agrees on.
+
+Dataset adapters produce `VideoEntry` and `QARecord`; the Ray graph moves one *shard payload*
+(a plain dict, pickled between stages) through the stages; the store writes it.
+
+Shard payload (what an extractor's ``__call__(batch) -> batch`` receives and returns)::
+
+    {
+      "shard_id": "train-00003", "split": "train",
+      "videos": [video, ...],           # in shard order; never reordered or dropped by a stage
+      "timings": {stage_name: seconds},  # accumulated by the stage runner
+    }
+
+A ``video`` dict holds (keys are added stage by stage):
+
+    video_id, path, start, end                      from the manifest
+    failed: None | {"stage", "reason"}              set => no record is written for this video;
+                                                    stages skip videos whose "failed" is set
+    errors: [{"stage", "reason"}]                   a modality missing for this video (audio-less,
+                                                    flow of a one-frame video, an extractor error);
+                                                    the rest of the record is written
+    frames: uint8 [F, H, W, 3]                      RGB at the stored frame indices
+    next_frames: uint8 [F, H, W, 3] | None          the source frame after each stored frame (for flow)
+    frame_indices: int64 [F], timestamps: float64 [F], fps, num_frames, decoder
+    audio: float32 [S] | None (16 kHz mono), audio_sr
+    maps: {"depth": float32 [F, H, W] (metres), "flow": float32 [F, 2, H, W] (dx, dy pixels),
+           "normal": float32 [F, 3, H, W] (unit, camera frame)}
+    images: {"depth" | "flow" | "normal": uint8 [F, H, W, 3]}   rendered for the image encoder
+    features: {"rgb" | "depth" | "flow" | "normal": float16 [F, tokens, dim],
+               "audio": float16 [chunks, tokens, dim],
+               "pointcloud": float16 [P, dim], "pointcloud_xyz": uint8 [P, 3]}
+    model_meta: {modality: {"model_id": ..., "revision": ..., ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+SPLITS = ("train", "val", "test")
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_video_id(raw: str) -> str:
+    """A deterministic, filesystem- and Zarr-safe id derived from a dataset's own video id.
+
+    Ids that are already safe are kept verbatim (so users recognise them); others get the unsafe
+    runs replaced and a short hash of the original appended, so two raw ids never collide.
+    """
+    raw = str(raw).strip()
+    if not raw:
+        raise ValueError("empty video id")
+    cleaned = _ID_UNSAFE.sub("_", raw).strip("._") or "video"
+    if cleaned == raw:
+        return raw
+    return f"{cleaned}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One video to extract. `start`/`end` trim in source frame numbers (Touch-QA, Thermal-QA)."""
+
+    video_id: str
+    path: str
+    split: str
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """One question. `options` is empty for open-ended questions; `answer` is always the text."""
+
+    qid: str
+    video_id: str
+    split: str
+    question: str
+    answer: str
+    options: tuple[str, ...] = ()
+    answer_idx: int | None = None
+    qtype: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class DatasetIndex:
+    """What a dataset adapter returns: the videos to extract and the questions per split."""
+
+    name: str
+    videos: list[VideoEntry]
+    qa: dict[str, list[QARecord]]
