@@ -1,0 +1,57 @@
+# make help
+# Variables map one-to-one onto Hydra overrides of the apps in scripts/ (see conf/).
+DATASET  ?= demo
+OUT      ?= outputs/features
+FEATURES ?= $(if $(filter demo,$(DATASET)),tiny,full)
+DATA     ?=
+ARGS     ?=
+RAY_ADDRESS ?= http://127.0.0.1:8265
+
+PY    := .venv/bin/python
+STAMP := .venv/.crema-setup
+export PATH := $(HOME)/.local/bin:$(PATH)
+
+HYDRA_COMMON = dataset=$(DATASET) features=$(FEATURES) out=$(OUT) $(if $(DATA),dataset.path=$(DATA))
+
+.PHONY: help setup extract train eval params test test-fast bench preview submit clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) DATA=<folder|list> ARGS='<hydra overrides>'"
+
+$(STAMP): pyproject.toml uv.lock scripts/setup.sh
+	bash scripts/setup.sh
+	@touch $@
+
+setup: $(STAMP)  ## install system packages + the locked Python env (runs on first use anyway)
+
+extract: $(STAMP)  ## extract features: make extract DATASET=nextqa [DATA=...] [ARGS="store.shard_size=16"]
+	$(PY) scripts/extract.py $(HYDRA_COMMON) $(ARGS)
+
+train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo ARGS="trainer.epochs=3"
+	$(PY) scripts/train.py $(HYDRA_COMMON) $(ARGS)
+
+eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo ARGS="ckpt=<path>"
+	$(PY) scripts/eval.py $(HYDRA_COMMON) $(ARGS)
+
+params: $(STAMP)  ## trainable parameters per module: make params ARGS="model=crema_full"
+	$(PY) scripts/params.py $(ARGS)
+
+preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
+	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)
+
+test: $(STAMP)  ## the whole test suite (what CI runs)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)  ## tests without the slow end-to-end ones
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmarks.md)
+	$(PY) scripts/bench.py $(ARGS)
+	@if [ -f scripts/bench_train.py ]; then $(PY) scripts/bench_train.py; fi
+
+submit:  ## submit extraction to a running Ray cluster: make submit DATASET=nextqa RAY_ADDRESS=http://head:8265
+	.venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . -- \
+	  python scripts/extract.py $(HYDRA_COMMON) ray.address=auto $(ARGS)
+
+clean:  ## remove outputs (features, logs, checkpoints); keeps .venv
+	rm -rf outputs bench/tmp

@@ -1,0 +1,97 @@
+"""`extract` end to end: manifest -> skip valid shards -> Ray graph -> failures manifest -> report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.config import config_hash, hashed_view, resolve_features, to_plain
+from pipeline.manifest import build_manifest
+from pipeline.report import build_report, summary, write_report
+from pipeline.store import collect_markers, init_store, remove_stale_temporaries, shard_is_valid, write_failures
+
+log = logging.getLogger("crema.extract")
+
+
+def start_ray(ray_cfg: dict) -> None:
+    """Join a cluster when one is named (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Local workers inherit the driver's environment; a runtime_env would cost ~30 s of start-up.
+    for var, value in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)
+    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"), include_dashboard=False,
+                 log_to_driver=True)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(ray_cfg.get("progress_bars", False))
+    ctx.print_on_execution_start = False
+
+
+def _drop_foreign_shards(root: Path, wanted: set[str]) -> list[str]:
+    """Shards left from an older video list would otherwise stay visible to readers."""
+    dropped = []
+    for shard_dir in Path(root).glob("*/*.zarr"):
+        rel = f"{shard_dir.parent.name}/{shard_dir.name}"
+        if rel not in wanted:
+            shutil.rmtree(shard_dir)
+            dropped.append(rel)
+    return dropped
+
+
+def run_extract(cfg) -> dict:
+    """Run (or resume) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report."""
+    from pipeline.datasets import load_dataset
+    from pipeline.graph import build_dataset
+
+    t0 = time.time()
+    features = resolve_features(cfg.features)
+    chash = config_hash(cfg.features)
+    store_cfg = to_plain(cfg.store)
+    index = load_dataset(cfg.dataset)
+    root = Path(cfg.out) / index.name
+    shards = build_manifest(index, int(store_cfg["shard_size"]))
+    init_store(root, dataset=index.name, config_hash=chash, features=hashed_view(features),
+               overwrite=bool(store_cfg.get("overwrite", False)))
+    cleaned = remove_stale_temporaries(root)
+    dropped = _drop_foreign_shards(root, {spec.relpath() for spec, _ in shards})
+    todo = [(s, e) for s, e in shards if not shard_is_valid(root / s.relpath(), config_hash=chash, video_ids=s.video_ids)]
+    log.info("%s: %d videos in %d shards; %d shards already valid, %d to do (removed %d leftovers, %d stale shards)",
+             index.name, len(index.videos), len(shards), len(shards) - len(todo), len(todo), cleaned, len(dropped))
+    stage_seconds: dict[str, float] = {}
+    if todo:
+        start_ray(to_plain(cfg.ray))
+        ds = build_dataset(todo, features, root=root, config_hash=chash, store_cfg=store_cfg,
+                           decode_resources=features["decode"].get("resources"))
+        n_ok = n_failed = 0
+        with tqdm(total=len(todo), unit="shard", desc=f"extract {index.name}", dynamic_ncols=True) as bar:
+            for row in ds.iter_rows():
+                marker = json.loads(row["marker"])
+                n_ok, n_failed = n_ok + len(marker["ok"]), n_failed + len(marker["failed"])
+                for stage, sec in marker["timings"].items():
+                    stage_seconds[stage] = stage_seconds.get(stage, 0.0) + sec
+                bar.set_postfix(videos_ok=n_ok, failed=n_failed)
+                bar.update(1)
+    markers = collect_markers(root, config_hash=chash)
+    failures = write_failures(root, markers.values())
+    run = {"shards_written": len(todo), "shards_skipped": len(shards) - len(todo), "wall_seconds": time.time() - t0,
+           "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()}, "preset": features.get("preset"),
+           "modalities_requested": features["modalities"]}
+    report = build_report(dataset=index.name, root=root, config_hash=chash, shards=shards, markers=markers,
+                          failures=failures, run=run)
+    write_report(root, report)
+    print(summary(report, failures), flush=True)
+    return report

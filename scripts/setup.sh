@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# bash scripts/setup.sh      (make runs it once, on first use; safe to run again)
+# Installs the system libraries the Python packages need, then the locked Python environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+# open3d imports libusb-1.0 at load time.
+ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0" || need_pkgs+=(libusb-1.0-0)
+# OpenCV/decord wheels are self-contained; libgomp is needed by open3d on slim images.
+ldconfig -p 2>/dev/null | grep -q "libgomp.so.1" || need_pkgs+=(libgomp1)
+
+if ((${#need_pkgs[@]})); then
+  echo "setup: installing system packages: ${need_pkgs[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "setup: need root for: apt-get install -y ${need_pkgs[*]} (ask your admin, then re-run)" >&2; exit 1
+  fi
+  if command -v apt-get >/dev/null; then
+    $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+  else
+    echo "setup: no apt-get; install the equivalent of: ${need_pkgs[*]} with your package manager" >&2; exit 1
+  fi
+fi
+
+if ! command -v uv >/dev/null; then
+  echo "setup: installing uv"
+  python3 -m pip install -q uv || python3 -m pip install -q --user uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+echo "setup: uv sync (locked; first run downloads torch & co, a few minutes)"
+uv sync --locked
+.venv/bin/python -c "import open3d, decord, av, torch, ray, zarr, transformers, peft" \
+  && echo "setup: environment ready (.venv)"
