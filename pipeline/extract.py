@@ -72,15 +72,17 @@ def run_extract(cfg) -> dict:
     log.info("%s: %d videos in %d shards; %d shards already valid, %d to do (removed %d leftovers, %d stale shards)",
              index.name, len(index.videos), len(shards), len(shards) - len(todo), len(todo), cleaned, len(dropped))
     stage_seconds: dict[str, float] = {}
+    n_decoded = 0
     if todo:
         start_ray(to_plain(cfg.ray))
         ds = build_dataset(todo, features, root=root, config_hash=chash, store_cfg=store_cfg,
                            decode_resources=features["decode"].get("resources"))
-        n_ok = n_failed = 0
+        n_ok = n_failed = n_decoded = 0
         with tqdm(total=len(todo), unit="shard", desc=f"extract {index.name}", dynamic_ncols=True) as bar:
             for row in ds.iter_rows():
                 marker = json.loads(row["marker"])
                 n_ok, n_failed = n_ok + len(marker["ok"]), n_failed + len(marker["failed"])
+                n_decoded += marker["videos_decoded"]
                 for stage, sec in marker["timings"].items():
                     stage_seconds[stage] = stage_seconds.get(stage, 0.0) + sec
                 bar.set_postfix(videos_ok=n_ok, failed=n_failed)
@@ -88,6 +90,7 @@ def run_extract(cfg) -> dict:
     markers = collect_markers(root, config_hash=chash)
     failures = write_failures(root, markers.values())
     run = {"shards_written": len(todo), "shards_skipped": len(shards) - len(todo), "wall_seconds": time.time() - t0,
+           "videos_decoded": n_decoded,
            "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()}, "preset": features.get("preset"),
            "modalities_requested": features["modalities"]}
     report = build_report(dataset=index.name, root=root, config_hash=chash, shards=shards, markers=markers,

@@ -1,0 +1,132 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.store import (MARKER, FeatureStore, ShardSpec, StoreError, StoreMismatchError, collect_markers,
+                            init_store, read_marker, remove_stale_temporaries, shard_is_valid, write_failures,
+                            write_shard)
+
+
+def video(vid, *, audio=True, failed=None, seed=0):
+    rng = np.random.default_rng(seed)
+    v = {"video_id": vid, "failed": failed, "errors": [], "frames": np.zeros((4, 8, 8, 3), np.uint8),
+         "frame_indices": np.arange(4) * 3, "timestamps": np.arange(4) * 0.3, "fps": 10.0, "num_frames": 12,
+         "decoder": "decord", "maps": {"depth": rng.random((4, 8, 8), dtype=np.float32)},
+         "features": {"rgb": rng.random((4, 5, 6)).astype(np.float16)}, "model_meta": {"rgb": {"model_id": "x"}}}
+    if audio:
+        v["features"]["audio"] = rng.random((2, 3, 4)).astype(np.float16)
+    else:
+        v["errors"].append({"stage": "audio", "reason": "no audio stream"})
+    return v
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = tmp_path / "demo"
+    init_store(root, dataset="demo", config_hash="h1", features={"k": 1})
+    videos = [video("a", seed=1), video("b", audio=False, seed=2), video("c", failed={"stage": "decode", "reason": "bad"})]
+    spec = ShardSpec("train-00000", "train", ("a", "b", "c"))
+    marker = write_shard(root, spec, videos, config_hash="h1", store_raw_maps=True)
+    return root, spec, videos, marker
+
+
+def test_roundtrip_masks_and_metadata(store):
+    root, spec, videos, marker = store
+    fs = FeatureStore(root, expected_config_hash="h1")
+    assert fs.video_ids == ["a", "b"] and "c" not in fs  # a failed video gets no record
+    np.testing.assert_array_equal(fs.get("a", "rgb"), videos[0]["features"]["rgb"])
+    np.testing.assert_array_equal(fs.get("b", "rgb"), videos[1]["features"]["rgb"])
+    assert fs.has("a", "audio") and not fs.has("b", "audio")
+    with pytest.raises(KeyError, match="no 'audio' features"):
+        fs.get("b", "audio")
+    assert fs.read("b", ["rgb", "audio"])["audio"] is None
+    meta = fs.meta("a")
+    assert meta["frame_indices"].tolist() == [0, 3, 6, 9] and meta["decoder"] == "decord"
+    assert meta["model_meta"]["rgb"]["model_id"] == "x"
+    assert fs.modalities["rgb"] == {"shape": (4, 5, 6), "dtype": "float16"}
+    np.testing.assert_allclose(fs.raw_map("a", "depth"), videos[0]["maps"]["depth"], atol=1e-3)
+    assert marker["failed"] == [{"video_id": "c", "stage": "decode", "reason": "bad"}]
+    with pytest.raises(KeyError, match="not in store"):
+        fs.get("zzz", "rgb")
+
+
+def test_arrays_are_zarr_v3_sharded_one_chunk_per_video(store):
+    root, spec, *_ = store
+    meta = json.loads((root / spec.relpath() / "rgb" / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["shape"] == [2, 4, 5, 6]
+    codec = meta["codecs"][0]
+    assert codec["name"] == "sharding_indexed" and codec["configuration"]["chunk_shape"] == [1, 4, 5, 6]
+
+
+def test_marker_is_required_and_checked(store):
+    root, spec, *_ = store
+    shard = root / spec.relpath()
+    assert shard_is_valid(shard, config_hash="h1", video_ids=spec.video_ids)
+    assert not shard_is_valid(shard, config_hash="h2")
+    assert not shard_is_valid(shard, config_hash="h1", video_ids=("a", "b"))
+    marker = read_marker(shard)
+    marker["arrays"]["rgb"]["shape"] = [3, 4, 5, 6]  # an array that does not match its marker
+    (shard / MARKER).write_text(json.dumps(marker))
+    assert not shard_is_valid(shard, config_hash="h1")
+    (shard / MARKER).unlink()  # no marker: invisible to readers
+    assert not shard_is_valid(shard, config_hash="h1")
+    assert FeatureStore(root).video_ids == []
+
+
+def test_interrupted_writer_leaves_only_temporaries(store, tmp_path, monkeypatch):
+    root, spec, videos, _ = store
+    import pipeline.store as st
+
+    spec2 = ShardSpec("train-00001", "train", ("d",))
+
+    def die(*a, **k):
+        raise KeyboardInterrupt  # dies just before the marker: the shard must not appear
+
+    monkeypatch.setattr(st, "_write_json_atomic", die)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(root, spec2, [video("d")], config_hash="h1")
+    monkeypatch.undo()
+    assert not (root / spec2.relpath()).exists()
+    assert FeatureStore(root).video_ids == ["a", "b"]
+    assert remove_stale_temporaries(root) == 1
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["train-00000.zarr"]
+
+
+def test_rewrite_replaces_invalid_shard_and_keeps_ids(store):
+    root, spec, videos, _ = store
+    (root / spec.relpath() / MARKER).unlink()
+    write_shard(root, spec, videos, config_hash="h1")
+    assert FeatureStore(root, "h1").video_ids == ["a", "b"]
+
+
+def test_mismatched_config_is_refused_naming_both_hashes(store):
+    root, *_ = store
+    with pytest.raises(StoreMismatchError, match="h1.*expects h9"):
+        FeatureStore(root, expected_config_hash="h9")
+    with pytest.raises(StoreMismatchError, match="h1.*hashes to h9"):
+        init_store(root, dataset="demo", config_hash="h9", features={})
+    init_store(root, dataset="demo", config_hash="h9", features={}, overwrite=True)
+    assert FeatureStore(root, "h9").video_ids == []
+
+
+def test_missing_store_says_how_to_make_it(tmp_path):
+    with pytest.raises(StoreError, match="make extract DATASET=nope"):
+        FeatureStore(tmp_path / "nope")
+
+
+def test_failures_manifest_from_markers(store):
+    root, *_ = store
+    rows = write_failures(root, collect_markers(root, config_hash="h1").values())
+    assert [(r["video_id"], r["stage"], r["fatal"]) for r in rows] == [("b", "audio", False), ("c", "decode", True)]
+    lines = (root / "failures.jsonl").read_text().splitlines()
+    assert [json.loads(line)["video_id"] for line in lines] == ["b", "c"]
+
+
+def test_payload_must_match_manifest(tmp_path):
+    root = tmp_path / "s"
+    init_store(root, dataset="s", config_hash="h", features={})
+    with pytest.raises(ValueError, match="do not match the manifest"):
+        write_shard(root, ShardSpec("train-00000", "train", ("x",)), [video("y")], config_hash="h")
+    shutil.rmtree(root)
