@@ -10,12 +10,17 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.extract import run_extract
+from pipeline.store import StoreError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run_extract(cfg)
+    try:
+        report = run_extract(cfg)
+    except (StoreError, FileNotFoundError, ValueError) as exc:  # user-fixable: say what, not a stack trace
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     total = max(1, report["videos_total"])
     if report["videos_failed"] / total > cfg.max_failed_fraction:
         print(f"error: {report['videos_failed']}/{report['videos_total']} videos failed, more than "

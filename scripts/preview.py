@@ -1,0 +1,97 @@
+# make preview DATASET=demo ARGS="preview.video=demo_0003"
+"""Render one video's frames and its depth, flow, normal and point-cloud views side by side (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from pipeline.config import resolve_features
+from pipeline.graph import DecodeStage, ExtractorStage, initial_payload
+from pipeline.schema import VideoEntry, safe_video_id
+from pipeline.store import ShardSpec
+
+
+def pick_video(cfg: DictConfig) -> VideoEntry:
+    """The video named by preview.video (an id of the dataset or a file path), else the first one."""
+    wanted = cfg.preview.video
+    if wanted and Path(str(wanted)).exists():
+        return VideoEntry(safe_video_id(Path(str(wanted)).stem), str(wanted), "preview")
+    from pipeline.datasets import load_dataset
+
+    videos = load_dataset(cfg.dataset).videos
+    if not videos:
+        raise SystemExit(f"dataset {cfg.dataset.name} lists no videos")
+    if wanted is None:
+        return videos[0]
+    for v in videos:
+        if v.video_id == str(wanted):
+            return v
+    raise SystemExit(f"no video {wanted!r} in dataset {cfg.dataset.name} (ids look like {videos[0].video_id!r}), "
+                     f"and no such file")
+
+
+def run_stages(cfg: DictConfig, entry: VideoEntry) -> dict:
+    """Decode and extract one video with the configured stages, in this process (no Ray)."""
+    features = resolve_features(cfg.features)
+    payload = initial_payload(ShardSpec("preview", "preview", (entry.video_id,)), [entry])
+    payload = DecodeStage(features["decode"]).run(payload)
+    for name, ext in features["extractors"].items():
+        payload = ExtractorStage(name, ext).run(payload)
+    return payload["videos"][0]
+
+
+def render(video: dict, rows: int, png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = video["frames"]
+    rows = min(rows, len(frames))
+    picks = np.linspace(0, len(frames) - 1, rows).round().astype(int)
+    views = [("rgb", lambda i: frames[i])]
+    for name in ("depth", "flow", "normal"):
+        if name in video["images"]:
+            views.append((name, lambda i, n=name: video["images"][n][i]))
+    has_pc = "pointcloud_xyz" in video["features"]
+    cols = len(views) + int(has_pc)
+    fig = plt.figure(figsize=(3 * cols, 2.4 * rows))
+    for r, i in enumerate(picks):
+        for c, (name, get) in enumerate(views):
+            ax = fig.add_subplot(rows, cols, r * cols + c + 1)
+            ax.imshow(get(i))
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name)
+            if c == 0:
+                ax.set_ylabel(f"frame {int(video['frame_indices'][i])}\nt={video['timestamps'][i]:.2f}s")
+    if has_pc:
+        ax = fig.add_subplot(1, cols, cols, projection="3d")
+        xyz = video["features"]["pointcloud_xyz"].astype(float)
+        ax.scatter(xyz[:, 0], xyz[:, 2], -xyz[:, 1], s=1, c=xyz[:, 2], cmap="viridis")
+        ax.set_title(f"point cloud ({len(xyz)} pts, voxel coords)")
+    errors = "; ".join(f"{e['stage']}: {e['reason']}" for e in video["errors"])
+    fig.suptitle(f"{video['video_id']}  ({video['decoder']}, {video['num_frames']} frames @ {video['fps']:.1f} fps)"
+                 + (f"\nmissing: {errors[:150]}" if errors else ""))
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return png
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="preview")
+def main(cfg: DictConfig) -> None:
+    entry = pick_video(cfg)
+    video = run_stages(cfg, entry)
+    if video["failed"]:
+        raise SystemExit(f"{entry.video_id}: {video['failed']['stage']} failed: {video['failed']['reason']}")
+    print(f"wrote {render(video, int(cfg.preview.frames), Path(cfg.preview.png))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""End to end through the real CLI, a real local Ray, real videos and a real Zarr store (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from media import write_broken_set
+from pipeline.store import MARKER, FeatureStore, StoreMismatchError
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+COMMON = ["ray.num_cpus=2", "features.decode.num_frames_stored=4", "max_failed_fraction=0.6"]
+
+
+def extract_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts/extract.py"), *COMMON, *overrides]
+
+
+def run_extract(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(extract_cmd(*overrides), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"extract failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def store_snapshot(root: Path) -> dict[str, bytes]:
+    """Every array of every shard, by shard/array path: what 'identical stores' means."""
+    out = {}
+    for shard in sorted(root.glob("*/*.zarr")):
+        group = zarr.open_group(str(shard), mode="r")
+        for name, arr in group.arrays():
+            out[f"{shard.parent.name}/{shard.name}/{name}"] = np.asarray(arr[...]).tobytes()
+        out[f"{shard.name}/ok"] = json.dumps(group.attrs["ok"]).encode()
+    return out
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    media = write_broken_set(folder)
+    listing = folder / "list.txt"
+    listing.write_text("# every kind of bad input, and two good videos\n" + "".join(f"{p.name}\n" for p in media.values()))
+    return listing
+
+
+def test_bad_inputs_are_recorded_and_the_run_completes(broken, tmp_path):
+    out = tmp_path / "out"
+    proc = run_extract("dataset=videos", f"dataset.path={broken}", f"out={out}", "store.shard_size=3")
+    root = out / "videos"
+    report = json.loads((root / "report.json").read_text())
+    assert report["videos_total"] == 8
+    assert report["videos_ok"] == 4 and report["videos_failed"] == 4
+    assert report["shards_total"] == report["shards_done"] == 3
+    assert report["run"]["videos_decoded"] == 8  # each video decoded exactly once for all modalities
+    rows = [json.loads(line) for line in (root / "failures.jsonl").read_text().splitlines()]
+    by_video = {}
+    for r in rows:
+        by_video.setdefault(r["video_id"], []).append(r)
+    expect = {"missing": "file not found", "zero_byte": "empty file", "truncated": "undecodable",
+              "corrupt": "undecodable"}
+    for vid, needle in expect.items():
+        (row,) = by_video[vid]
+        assert row["fatal"] and row["stage"] == "decode" and needle in row["reason"], row
+    assert [(r["stage"], r["fatal"]) for r in by_video["no_audio"]] == [("audio", False)]
+    assert [(r["stage"], r["fatal"]) for r in by_video["one_frame"]] == [("flow", False)]
+    fs = FeatureStore(root)
+    assert fs.video_ids == ["good_a", "good_b", "no_audio", "one_frame"]
+    for key in ("rgb", "depth", "flow", "normal", "pointcloud", "pointcloud_xyz", "audio"):
+        assert fs.has("good_a", key) and fs.get("good_a", key).shape == tuple(report["modalities"][key]["shape"])
+        assert report["modalities"][key]["videos"] == (3 if key in ("audio", "flow") else 4)
+    assert not fs.has("no_audio", "audio") and fs.has("no_audio", "depth")
+    assert not fs.has("one_frame", "flow") and fs.has("one_frame", "rgb")
+    assert fs.get("good_a", "rgb").dtype == np.float16 and np.isfinite(fs.get("good_a", "rgb")).all()
+    assert "4 failed" in proc.stdout and "failures.jsonl" in proc.stdout
+
+    # the same command again: nothing is redone, nothing changes
+    before = store_snapshot(root)
+    again = run_extract("dataset=videos", f"dataset.path={broken}", f"out={out}", "store.shard_size=3").stdout
+    report2 = json.loads((root / "report.json").read_text())
+    assert report2["run"]["shards_written"] == 0 and report2["run"]["shards_skipped"] == 3
+    assert report2["run"]["videos_decoded"] == 0 and "0 written now" in again
+    assert store_snapshot(root) == before
+
+
+def test_too_many_failures_exit_nonzero(broken, tmp_path):
+    proc = run_extract("dataset=videos", f"dataset.path={broken}", f"out={tmp_path / 'o'}", "max_failed_fraction=0.25",
+                       check=False)
+    assert proc.returncode == 1 and "max_failed_fraction=0.25" in proc.stderr
+
+
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
+    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=8", "store.shard_size=1"]
+    run_extract(*data, f"out={tmp_path / 'clean'}")  # also generates the demo videos
+    clean = tmp_path / "clean" / "demo"
+
+    killed = tmp_path / "killed" / "demo"
+    proc = subprocess.Popen(extract_cmd(*data, f"out={tmp_path / 'killed'}"), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(killed.glob(f"*/*.zarr/{MARKER}")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    done_at_kill = len(list(killed.glob(f"*/*.zarr/{MARKER}")))
+    total = json.loads((clean / "report.json").read_text())["shards_total"]
+    assert 1 <= done_at_kill < total, f"kill landed after {done_at_kill}/{total} shards: nothing to resume"
+
+    run_extract(*data, f"out={tmp_path / 'killed'}")
+    report = json.loads((killed / "report.json").read_text())
+    assert report["run"]["shards_skipped"] >= done_at_kill and report["shards_done"] == total
+    assert not list(killed.glob("*/.tmp-*"))
+    assert store_snapshot(killed) == store_snapshot(clean)
+    assert FeatureStore(killed).video_ids == FeatureStore(clean).video_ids
+
+
+def test_store_from_another_config_is_refused(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import config_hash
+
+    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}"]
+    run_extract(*data, "features.modalities=[rgb]")
+    root = tmp_path / "o" / "demo"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        mine = compose(config_name="extract", overrides=[*COMMON, *data, "features.modalities=[rgb]"])
+        other = compose(config_name="extract", overrides=[*COMMON, *data, "features.modalities=[rgb,depth]"])
+    assert FeatureStore(root, expected_config_hash=config_hash(mine.features)).video_ids
+    with pytest.raises(StoreMismatchError) as err:
+        FeatureStore(root, expected_config_hash=config_hash(other.features))
+    assert config_hash(mine.features) in str(err.value) and config_hash(other.features) in str(err.value)
+    proc = run_extract(*data, "features.modalities=[rgb,depth]", check=False)
+    assert proc.returncode != 0 and config_hash(other.features) in proc.stderr + proc.stdout
