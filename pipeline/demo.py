@@ -439,8 +439,9 @@ def render_audio(spec: ClipSpec, p: DemoParams) -> np.ndarray:
 def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray, p: DemoParams) -> None:
     """Encode frames (H.264, yuv420p) and audio (AAC mono) into an mp4, interleaved by time."""
     with av.open(str(path), mode="w", format="mp4") as out:
-        # threads=1: x264 output is then bit-identical across runs and machines with the same build.
-        video = out.add_stream("libx264", rate=p.fps, options={"crf": "18", "preset": "fast", "threads": "1"})
+        # Bit-identical reruns need one thread AND constant QP: with CRF, x264's mbtree lookahead
+        # gave different bytes run to run (measured at 160x120, a height that is not a multiple of 16).
+        video = out.add_stream("libx264", rate=p.fps, options={"qp": "20", "preset": "fast", "threads": "1"})
         video.width, video.height, video.pix_fmt = p.width, p.height, "yuv420p"
         sound = out.add_stream("aac", rate=p.sample_rate, layout="mono")
         sound.bit_rate = 32000  # plenty for pure tones at 16 kHz, and 4x faster than 64k
