@@ -44,7 +44,8 @@ TRIMMED_SCHEMA = NEXTQA_SCHEMA.replace(
     '"question": ...}', '"question": ..., "video_id": <clip id>, "question_id": ..., "start": <frame>, "end": <frame>}'
 ).replace("NExT-QA SeViLA format", "Touch-QA/Thermal-QA format (SeViLA plus clip fields)")
 MUSIC_AVQA_SCHEMA = (
-    'MUSIC-AVQA json_update format: a JSON list of {"video_id", "question_id", "type": "[\\"Audio\\", \\"Counting\\"]", '
+    'MUSIC-AVQA json_update format: a JSON list of {"video_id", "question_id", '
+    '"type": "[\\"Audio\\", \\"Counting\\"]", '
     '"question_content": "... <Object> ...", "templ_values": "[\\"cello\\"]" (a JSON-encoded list), "anser": <answer>}'
 )
 SQA3D_SCHEMA = (
@@ -80,7 +81,9 @@ def load_dataset(cfg: Mapping | DictConfig) -> DatasetIndex:
 def _read_rows(path: str | os.PathLike, schema: str) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist; expected {schema}. Fix dataset.annotations or dataset.root.")
+        raise FileNotFoundError(
+            f"annotation file {path} does not exist; expected {schema}. Fix dataset.annotations or dataset.root."
+        )
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -165,7 +168,9 @@ def _annotation_paths(cfg: dict) -> dict[str, str]:
     if unknown:
         raise ValueError(f"dataset {cfg.get('name')!r}: annotations has unknown splits {unknown}; use {list(SPLITS)}")
     if not paths:
-        raise ValueError(f"dataset {cfg.get('name')!r}: no annotation files configured (dataset.annotations.train/val/test)")
+        raise ValueError(
+            f"dataset {cfg.get('name')!r}: no annotation files configured (dataset.annotations.train/val/test)"
+        )
     return paths
 
 
@@ -173,7 +178,9 @@ def _check_unique_qids(pairs: list[Pair], path) -> None:
     seen: dict[str, int] = {}
     for i, (_, qa) in enumerate(pairs):
         if qa.qid in seen:
-            raise AnnotationError(f"{path}: rows {seen[qa.qid]} and {i} share qid {qa.qid!r}; qids must be unique per split")
+            raise AnnotationError(
+                f"{path}: rows {seen[qa.qid]} and {i} share qid {qa.qid!r}; qids must be unique per split"
+            )
         seen[qa.qid] = i
 
 
@@ -185,7 +192,9 @@ def _carve_val(per_split: dict[str, list[Pair]], fraction: float, name) -> None:
     if not 0 < fraction < 1:
         raise ValueError(f"dataset {name!r}: val_from_train={fraction} must be in (0, 1)")
     if per_split.get("val"):
-        raise ValueError(f"dataset {name!r}: val_from_train is set but a val annotation file is configured too; keep one")
+        raise ValueError(
+            f"dataset {name!r}: val_from_train is set but a val annotation file is configured too; keep one"
+        )
     keep, moved = [], []
     for video, qa in per_split.get("train", []):
         if _hash_fraction(video.video_id) < fraction:

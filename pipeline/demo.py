@@ -103,11 +103,11 @@ class DemoParams:
 
     @property
     def num_frames(self) -> int:
-        return int(round(self.seconds * self.fps))
+        return round(self.seconds * self.fps)
 
     @property
     def num_samples(self) -> int:
-        return int(round(self.seconds * self.sample_rate))
+        return round(self.seconds * self.sample_rate)
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,10 @@ def _annotation_hashes(root: Path) -> dict:
 
 def _refuse_foreign_files(root: Path) -> None:
     """Rebuilding replaces root/videos and root/annotations: only ever delete what we wrote."""
-    ours = {"videos": lambda n: bool(_VIDEO_NAME.fullmatch(n)), "annotations": lambda n: n in {f"{s}.json" for s in SPLITS}}
+    ours = {
+        "videos": lambda n: bool(_VIDEO_NAME.fullmatch(n)),
+        "annotations": lambda n: n in {f"{s}.json" for s in SPLITS},
+    }
     for sub, is_ours in ours.items():
         folder = root / sub
         if not folder.exists():
@@ -279,8 +282,8 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def _split_sizes(n: int) -> dict:
-    n_val = max(1, int(round(0.15 * n)))
-    n_test = max(1, int(round(0.15 * n)))
+    n_val = max(1, round(0.15 * n))
+    n_test = max(1, round(0.15 * n))
     return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
 
 
@@ -304,7 +307,8 @@ def plan_demo(params: DemoParams) -> list[ClipSpec]:
             **{f"pos_{q}": _balanced(rng, n, NUM_OPTIONS) for q in QTYPES},
         }
         for j in range(n):
-            specs.append(_plan_clip(rng, params, f"demo_{first + j:04d}", split, {k: int(v[j]) for k, v in draws.items()}))
+            draw = {k: int(v[j]) for k, v in draws.items()}
+            specs.append(_plan_clip(rng, params, f"demo_{first + j:04d}", split, draw))
         first += n
     return specs
 
@@ -332,8 +336,9 @@ def _plan_clip(rng: np.random.Generator, p: DemoParams, video_id: str, split: st
     margin = 0.2 * half
     ya = h / 2 + rng.uniform(-0.05, 0.05) * h
     yb = ya + rng.uniform(-0.07, 0.07) * h
-    a = Thing(str(colours[1]), str(shapes[1]), rng.uniform(0.17, 0.23) * h, (px0 + margin, ya), (px0 + half - margin, ya))
-    b = Thing(str(colours[2]), str(shapes[2]), rng.uniform(0.17, 0.23) * h, (px0 + half - margin, yb), (px0 + margin, yb))
+    left, right = px0 + margin, px0 + half - margin
+    a = Thing(str(colours[1]), str(shapes[1]), rng.uniform(0.17, 0.23) * h, (left, ya), (right, ya))
+    b = Thing(str(colours[2]), str(shapes[2]), rng.uniform(0.17, 0.23) * h, (right, yb), (left, yb))
     near, far = (a, b) if draw["near_first"] else (b, a)
 
     taken = {mover.name, near.name, far.name}

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from pipeline.demo import (
-    COLOURS, DIRECTIONS, MARKER, QTYPES, SOUNDS, DemoParams, generate_demo, plan_demo, questions_for,
+    COLOURS,
+    DIRECTIONS,
+    MARKER,
+    QTYPES,
+    SOUNDS,
+    DemoParams,
+    generate_demo,
+    plan_demo,
+    questions_for,
 )
 from pipeline.schema import SPLITS
 
