@@ -1,0 +1,238 @@
+"""The CREMA model (MMQA per modality + fusion + frozen T5) and its builders.
+
+    model = crema_tiny(vision_width=48, audio_width=32, modalities=["rgb", "flow", "audio"])
+    loss = model(batch)                        # batch: see model/data.py (collate)
+    preds = model.predict(batch, modalities=["rgb", "flow"], lora_off=["flow"])
+
+`crema_tiny()` builds random-init parts of the same transformers classes (seeded: every process
+builds identical weights); `crema_full()` loads BLIP-2 (Salesforce/blip2-flan-t5-xl) and
+Flan-T5-XL, or builds them on the meta device for parameter counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+from torch import nn
+from transformers import (Blip2QFormerConfig, Blip2QFormerModel, ByT5Tokenizer, T5Config,
+                          T5ForConditionalGeneration)
+
+from model.config import CLIP_MODALITIES, CremaConfig
+from model.fusion import EspressoFusion, assemble
+from model.mmqa import MMQA
+from model.prompts import choice_token_ids
+
+
+class Crema(nn.Module):
+    """Trainable: every modality's MMQA (LoRA + head) and the fusion. Frozen: Q-Former, T5."""
+
+    def __init__(self, config: CremaConfig, mmqa: MMQA, llm: T5ForConditionalGeneration, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.mmqa = mmqa
+        self.llm = llm
+        for p in self.llm.parameters():
+            p.requires_grad_(False)
+        width = llm.config.d_model
+        fused = config.fused_modalities
+        self.fusion = EspressoFusion(fused, width) if fused else None
+        self.tokenizer = tokenizer
+        if tokenizer is not None:
+            self.prefix_ids = [tokenizer(config.frame_prefix.format(i=i + 1), add_special_tokens=False).input_ids
+                               for i in range(config.num_frames)]
+            self.choice_prefix, self.letter_ids = choice_token_ids(tokenizer)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.config.modalities)
+
+    # ------------------------------------------------------------------ parameters
+
+    def module_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters grouped by owner: one entry per modality, plus "fusion"."""
+        groups = {m: self.mmqa.modality_parameters(m) for m in self.modalities}
+        if self.fusion is not None:
+            groups["fusion"] = list(self.fusion.parameters())
+        return groups
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable parameter of EVERY modality, by name, whatever its requires_grad is now."""
+        wanted = {id(p) for ps in self.module_parameters().values() for p in ps}
+        return {n: p for n, p in self.named_parameters() if id(p) in wanted}
+
+    # ------------------------------------------------------------------ encoder input
+
+    def _encode(self, batch: dict, modalities: list[str], grad_modalities, lora_off) -> dict[str, torch.Tensor]:
+        tokens = {}
+        for m in modalities:
+            needs_grad = grad_modalities is None or m in grad_modalities
+            with contextlib.nullcontext() if needs_grad else torch.no_grad():
+                feats = batch["features"][m]
+                mask = batch.get("masks", {}).get(m)
+                xyz = batch.get("xyz", {}).get(m)
+                if m == "pointcloud":  # one cloud per sample: a leading "frame" axis of 1
+                    feats, mask, xyz = feats[:, None], mask[:, None] if mask is not None else None, xyz[:, None]
+                tokens[m] = self.mmqa(m, feats, mask=mask, xyz=xyz, use_lora=m not in lora_off)
+        return tokens
+
+    def encoder_inputs(self, batch: dict, *, modalities=None, grad_modalities=None, lora_off=()):
+        """(inputs_embeds [B, L, D], attention_mask [B, L]) for the T5 encoder."""
+        modalities = self._check_subset(modalities)
+        tokens = self._encode(batch, modalities, grad_modalities, set(lora_off))
+        device = next(iter(tokens.values())).device
+        embed = self.llm.get_input_embeddings()
+        prefixes = [embed(torch.tensor(ids, device=device)) for ids in self.prefix_ids]
+        present = {m: batch["present"][m].to(device) for m in modalities}
+        seq = assemble(tokens, present, prefixes, fusion=self.fusion, espresso_mode=self.config.espresso_mode)
+        prompt = self.tokenizer(list(batch["prompt"]), padding="longest", truncation=True,
+                                max_length=self.config.max_prompt_tokens, return_tensors="pt").to(device)
+        seq.add(embed(prompt.input_ids))
+        seq.masks[-1] = prompt.attention_mask.long()
+        return seq.build()
+
+    def _check_subset(self, modalities) -> list[str]:
+        if modalities is None:
+            return self.modalities
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown or not modalities:
+            raise ValueError(f"modalities {list(modalities)}: this model was trained on {self.modalities}; "
+                             f"evaluate any non-empty subset of those")
+        return [m for m in self.modalities if m in modalities]  # config order, whatever the caller's
+
+    # ------------------------------------------------------------------ training / inference
+
+    def forward(self, batch: dict, *, grad_modalities: Iterable[str] | None = None, modalities=None,
+                lora_off=()) -> torch.Tensor:
+        """LM loss on the answer text. Only `grad_modalities` (None: all) build a graph."""
+        embeds, mask = self.encoder_inputs(batch, modalities=modalities, grad_modalities=grad_modalities,
+                                           lora_off=lora_off)
+        target = self.tokenizer(list(batch["target"]), padding="longest", truncation=True,
+                                max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
+        labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                       decoder_attention_mask=target.attention_mask)
+        return out.loss
+
+    @torch.no_grad()
+    def predict(self, batch: dict, *, modalities=None, lora_off=()) -> list[dict]:
+        """Per sample {"choice": index or None, "text": answer text}.
+
+        Multiple choice: argmax of the letter tokens' logits at the position after "Option" (T5
+        decoder fed the shared prefix), over that question's options. Open-ended: beam search.
+        """
+        embeds, mask = self.encoder_inputs(batch, modalities=modalities, lora_off=lora_off)
+        num_options = batch["num_options"].tolist()
+        out: list[dict] = [{} for _ in num_options]
+        mc = [i for i, n in enumerate(num_options) if n > 0]
+        oe = [i for i, n in enumerate(num_options) if n == 0]
+        if mc:
+            start = self.llm.config.decoder_start_token_id
+            dec = torch.tensor([[start] + list(self.choice_prefix)] * len(mc), device=embeds.device)
+            logits = self.llm(inputs_embeds=embeds[mc], attention_mask=mask[mc], decoder_input_ids=dec).logits
+            scores = logits[:, -1, self.letter_ids].float()
+            width = torch.arange(scores.shape[1], device=scores.device)
+            counts = torch.tensor([num_options[i] for i in mc], device=scores.device)
+            scores = scores.masked_fill(width[None, :] >= counts[:, None], float("-inf"))
+            for row, i in enumerate(mc):
+                choice = int(scores[row].argmax())
+                out[i] = {"choice": choice, "text": batch["options"][i][choice]}
+        if oe:
+            gen = self.llm.generate(inputs_embeds=embeds[oe], attention_mask=mask[oe], do_sample=False,
+                                    num_beams=self.config.num_beams, max_new_tokens=self.config.max_new_tokens)
+            for i, text in zip(oe, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
+                out[i] = {"choice": None, "text": text.strip()}
+        return out
+
+
+# ---------------------------------------------------------------------- builders
+
+TINY_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                    cross_attention_frequency=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+# Tied embeddings (as in the original T5) keep a random LM head's logits at unit scale.
+TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.1,
+               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+TINY = dict(pretrained=False, tokenizer="byt5", num_query_tokens=8, lora_rank=8, max_prompt_tokens=320,
+            max_answer_tokens=24, num_beams=2, max_new_tokens=24, qformer=TINY_QFORMER, t5=TINY_T5)
+FULL = dict(pretrained=True, tokenizer="pretrained", vision_width=1408, audio_width=768)
+
+
+def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> Crema:
+    """Build a CREMA model. device="meta" builds shapes only (no weights, no tokenizer)."""
+    if config.vision_width is None:
+        raise ValueError("model.vision_width is unset: the trainer takes it from the feature store; "
+                         "when building by hand pass vision_width= (the ViT token width)")
+    if "audio" in config.modalities and config.audio_width is None:
+        raise ValueError("model.audio_width is unset: pass the audio encoder's token width")
+    meta = device is not None and torch.device(device).type == "meta"
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()):
+        torch.manual_seed(config.seed)
+        if config.pretrained and not meta:
+            qformer, llm, tokenizer, init = _load_frozen(config)
+        else:
+            qformer, llm, tokenizer, init = _random_frozen(config)
+        if qformer.config.encoder_hidden_size != config.vision_width:
+            raise ValueError(f"the Q-Former reads {qformer.config.encoder_hidden_size}-wide tokens but "
+                             f"model.vision_width={config.vision_width}: features and model do not match")
+        mmqa = MMQA(qformer, config.modalities, llm_width=llm.config.d_model,
+                    num_query_tokens=config.num_query_tokens, lora_rank=config.lora_rank,
+                    lora_dropout=config.lora_dropout, audio_width=config.audio_width,
+                    voxel_positions=config.voxel_positions, voxel_pe_scale=config.voxel_pe_scale)
+        if init is not None:
+            _init_heads(mmqa, init)
+        return Crema(config, mmqa, llm, tokenizer)
+
+
+def _random_frozen(config: CremaConfig):
+    qformer = Blip2QFormerModel(Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": config.vision_width}))
+    llm = T5ForConditionalGeneration(T5Config(**config.t5))
+    tokenizer = ByT5Tokenizer() if config.tokenizer == "byt5" else None
+    if tokenizer is not None and len(tokenizer) > llm.config.vocab_size:
+        raise ValueError(f"model.t5.vocab_size={llm.config.vocab_size} < the ByT5 tokenizer's {len(tokenizer)}")
+    return qformer.eval(), llm.eval(), tokenizer, None
+
+
+def _load_frozen(config: CremaConfig):
+    from model.pretrained import load_blip2, load_t5
+
+    qformer, init = load_blip2(config.blip2, config.blip2_revision)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    llm, tokenizer = load_t5(config.t5_model, config.t5_revision, dtype)
+    if config.tokenizer == "byt5":
+        tokenizer = ByT5Tokenizer()
+    return qformer.eval(), llm.eval(), tokenizer, init
+
+
+def _init_heads(mmqa: MMQA, init: dict[str, torch.Tensor]) -> None:
+    """Every modality starts from BLIP-2's query tokens and language projection; the modalities
+    whose inputs are ViT tokens also from its vision post-LayerNorm (audio's LN reads projected
+    audio tokens, so it starts from the identity)."""
+    with torch.no_grad():
+        for m, head in mmqa.heads.items():
+            head.query_tokens.copy_(init["query_tokens"].reshape(head.query_tokens.shape))
+            head.proj.weight.copy_(init["proj.weight"])
+            head.proj.bias.copy_(init["proj.bias"])
+            if m != "audio":
+                head.ln.weight.copy_(init["ln.weight"])
+                head.ln.bias.copy_(init["ln.bias"])
+
+
+def _preset(defaults: dict, overrides: dict) -> CremaConfig:
+    merged = {**defaults, **overrides}
+    for key in ("qformer", "t5"):  # nested architecture dicts merge key by key
+        if key in defaults and key in overrides:
+            merged[key] = {**defaults[key], **overrides[key]}
+    return CremaConfig(**merged)
+
+
+def crema_tiny(*, device=None, **overrides) -> Crema:
+    """Random-init tiny parts of the same classes as the full preset (tests and the CPU demo)."""
+    return crema(_preset(TINY, overrides), device=device)
+
+
+def crema_full(*, device=None, **overrides) -> Crema:
+    """BLIP-2 Q-Former + Flan-T5-XL (weights loaded unless device="meta")."""
+    return crema(_preset(FULL, overrides), device=device)
+

@@ -1,0 +1,402 @@
+"""The CREMA training recipe on cached features: setup -> train -> evaluate -> save / resume.
+
+Read top to bottom: `Trainer.__init__` sets everything up (store, questions, model, optimizer,
+resume); `train()` runs epochs of `_optimizer_step`s; `_end_epoch` validates, applies the
+gradient-norm early exit and checkpoints; `test()` evaluates the best-on-validation weights on
+the test split. scripts/train.py and scripts/eval.py are thin Hydra wrappers around this.
+
+Modality-sequential training: every optimizer step (a group of `grad_accum` micro-batches) runs
+one forward/backward/step PER active modality. In modality m's pass the whole model runs
+forward, but only m's MMQA (and the fusion) build a graph, so only they get gradients and only
+they move; the other modalities run under no_grad with their current weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from model import checkpoint
+from model.config import CremaConfig
+from model.crema import Crema, crema
+from model.data import DataConfig, EpochSampler, QADataset, collate, to_device
+from model.metrics import chance_level, qtype_table, score, summarize
+from model.optim import build_optimizer, grad_norm, should_exit
+from model.prompts import PromptConfig
+from model.report import MetricsLog, plot_curves
+from pipeline.config import config_hash
+from pipeline.datasets import load_dataset
+from pipeline.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+# Trainer keys that change what a run computes: a resume refuses a checkpoint made with others.
+RESUME_KEYS = ("batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "warmup_steps",
+               "epochs", "sequential", "data", "prompt")
+
+
+# ---------------------------------------------------------------------- shared with scripts/eval.py
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def open_store(cfg: DictConfig) -> FeatureStore:
+    """The run's feature store, refused unless it was written with this config's `features`."""
+    return FeatureStore(cfg.store, expected_config_hash=config_hash(cfg.features))
+
+
+def feature_widths(store: FeatureStore) -> dict:
+    """vision_width / audio_width of the cached features, as the model config names them."""
+    widths = {}
+    for m in ("rgb", "depth", "flow", "normal", "pointcloud"):
+        if m in store.modalities:
+            widths["vision_width"] = store.modalities[m]["shape"][-1]
+            break
+    if "audio" in store.modalities:
+        widths["audio_width"] = store.modalities["audio"]["shape"][-1]
+    return widths
+
+
+def split_datasets(cfg: DictConfig, store: FeatureStore, modalities: list[str], num_frames: int,
+                   splits=("train", "val", "test")) -> dict[str, QADataset]:
+    index = load_dataset(cfg.dataset)
+    data = DataConfig(**OmegaConf.to_container(cfg.trainer.data, resolve=True))
+    prompt = PromptConfig(**OmegaConf.to_container(cfg.trainer.prompt, resolve=True))
+    return {s: QADataset(store, index.qa.get(s, []), modalities, num_frames=num_frames, train=s == "train",
+                         data=data, prompt=prompt, split=s) for s in splits}
+
+
+def eval_loader(ds: QADataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                                       num_workers=num_workers, generator=_own_generator())
+
+
+def _own_generator() -> torch.Generator:
+    """A DataLoader draws a seed from its generator per iterator; with the global one, that draw
+    would shift the dropout masks of a resumed run. Our sampling never uses this generator."""
+    return torch.Generator().manual_seed(0)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on GPU only; CPU runs in float32."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: Crema, loader, device: torch.device, *, modalities=None, lora_off=(), bf16=True,
+             desc="eval") -> tuple[dict, list[dict]]:
+    """(summary with strict/lenient accuracy overall and per question type, per-question rows)."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        with autocast(device, bf16):
+            preds = model.predict(to_device(batch, device), modalities=modalities, lora_off=lora_off)
+        for i, p in enumerate(preds):
+            s = score(p, batch["answer"][i], int(batch["answer_idx"][i]))
+            rows.append({"qid": batch["qid"][i], "qtype": batch["qtype"][i], "prediction": p["text"],
+                         "choice": p["choice"], "answer": batch["answer"][i],
+                         "num_options": len(batch["options"][i]), **s})
+    model.train(was_training)
+    summary = summarize(rows)
+    summary["chance"] = chance_level(rows)
+    return summary, rows
+
+
+# ---------------------------------------------------------------------- training state
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resume needs (saved in state.json)."""
+
+    epoch: int = 0                 # current epoch (0-based)
+    batch: int = 0                 # micro-batches of this epoch already consumed
+    step: int = 0                  # optimizer steps so far (one per group of micro-batches)
+    grad_sum: dict = field(default_factory=dict)    # modality -> sum of this epoch's LoRA grad norms
+    grad_count: dict = field(default_factory=dict)
+    grad_history: dict = field(default_factory=dict)  # modality -> average of every finished epoch
+    exited: dict = field(default_factory=dict)      # modality -> epoch it exited at
+    best: dict = field(default_factory=dict)        # {"epoch", "step", "strict", "lenient"}
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    finished: bool = False
+
+
+class Trainer:
+    """One training run in `cfg.run_dir` (conf/train.yaml)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, self.tc = cfg, cfg.trainer
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.store = open_store(cfg)
+        self.model = self._build_model()
+        self.model.to(self.device)
+        self.modalities = self.model.modalities
+        self.data = split_datasets(cfg, self.store, self.modalities, self.model.config.num_frames)
+        if not self.data["train"].records:
+            raise ValueError(f"dataset {cfg.dataset.name}: no training questions with features in {cfg.store}")
+        if not self.data["val"].records:
+            raise ValueError(f"dataset {cfg.dataset.name}: no validation questions. Model selection needs a real "
+                             f"validation split (never test); set val_from_train in conf/dataset/{cfg.dataset.name}.yaml")
+        self.sampler = EpochSampler(len(self.data["train"]), shuffle=True, seed=cfg.seed)
+        self.train_loader = torch.utils.data.DataLoader(
+            self.data["train"], batch_size=self.tc.batch_size, sampler=self.sampler, collate_fn=collate,
+            num_workers=self.tc.data.num_workers, generator=_own_generator())
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.data["train"]) / self.tc.batch_size) / self.tc.grad_accum)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model.trainable_state(), lr=self.tc.lr, min_lr=self.tc.min_lr, weight_decay=self.tc.weight_decay,
+            betas=self.tc.betas, warmup_steps=self.tc.warmup_steps, total_steps=self.tc.epochs * self.steps_per_epoch)
+        self.state = TrainState()
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self._maybe_resume()
+        self.model.mmqa.set_trainable([m for m in self.modalities if m not in self.state.exited])
+        self._log_setup()
+
+    def _build_model(self) -> Crema:
+        widths = feature_widths(self.store)
+        for key, value in widths.items():
+            given = self.cfg.model.get(key)
+            if given is not None and given != value:
+                raise ValueError(f"model.{key}={given} but the store's features are {value} wide ({self.cfg.store})")
+        return instantiate(self.cfg.model, **widths, _convert_="all")
+
+    def _resume_config(self) -> dict:
+        trainer = OmegaConf.to_container(self.tc, resolve=True)
+        return {"model": dataclasses.asdict(self.model.config), "seed": self.cfg.seed,
+                "features": config_hash(self.cfg.features), "dataset": self.cfg.dataset.name,
+                "trainer": {k: trainer[k] for k in RESUME_KEYS}}
+
+    def _maybe_resume(self) -> None:
+        mode = self.tc.resume
+        if mode == "never":
+            if self.ckpt_dir.exists():
+                log.warning("trainer.resume=never: deleting the old checkpoints in %s", self.ckpt_dir)
+                shutil.rmtree(self.ckpt_dir)
+            if self.log.path.exists():
+                self.log.path.unlink()
+            return
+        directory = None
+        if mode == "auto":
+            found = checkpoint.checkpoints(self.ckpt_dir, "last")
+            directory = found[-1] if found else None
+        elif mode:
+            directory = checkpoint.resolve(mode, "last")
+        if directory is None:
+            if self.log.path.exists():  # metrics of a run that never checkpointed: start afresh
+                self.log.path.unlink()
+            return
+        saved = checkpoint.read_state(directory)
+        mine = self._resume_config()
+        if saved["resume_config"] != mine:
+            diff = sorted(k for k in set(mine) | set(saved["resume_config"])
+                          if mine.get(k) != saved["resume_config"].get(k))
+            raise checkpoint.CheckpointError(
+                f"{directory} was made by a run with other settings ({', '.join(diff)} differ). Resume with the "
+                f"same config, pass run_dir=<new folder>, or trainer.resume=never to start over in {self.run_dir}.")
+        checkpoint.load_model(self.model, directory)
+        checkpoint.load_optimizer(self.model, self.optimizer, directory, saved["optimizer_groups"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainState(**saved["train_state"])
+        checkpoint.restore_rng(directory, saved["rng"])
+        self._truncate_log(self.state.step)
+        log.info("resumed from %s (epoch %d, batch %d, step %d)", directory, self.state.epoch,
+                 self.state.batch, self.state.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop metric rows written after the checkpoint (a killed run may have gone further)."""
+        rows = [r for r in self.log.read() if r.get("step", 0) <= step or r["event"] in ("setup", "data")]
+        self.log.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    def _log_setup(self) -> None:
+        groups = self.model.module_parameters()
+        counts = {k: sum(p.numel() for p in ps) for k, ps in groups.items()}
+        self.log.write("setup", step=self.state.step, device=str(self.device), params=counts,
+                       modalities=self.modalities, store=str(self.cfg.store))
+        for ds in self.data.values():
+            summary = ds.summary()
+            self.log.write("data", step=self.state.step, **summary)
+            if summary["missing"] or summary["not_in_store"]:
+                log.warning("%s: missing modalities %s (policy %s: %d questions dropped), %d questions without "
+                            "any features", ds.split, summary["missing"], summary["policy"], summary["dropped"],
+                            summary["not_in_store"])
+        log.info("trainable parameters: %s", counts)
+
+    # ------------------------------------------------------------------ train
+
+    def train(self) -> TrainState:
+        """Run (or continue) training until the last epoch, max_steps, or every modality exited."""
+        tc = self.tc
+        self.model.train()
+        while self.state.epoch < tc.epochs and not self.state.finished:
+            if self._train_epoch():
+                return self.state  # max_steps reached mid-run: checkpointed, not finished
+            self._end_epoch()
+        self.state.finished = True
+        plot_curves(self.log.read(), self.run_dir / "curves.png")
+        return self.state
+
+    def _active(self) -> list[str]:
+        return [m for m in self.modalities if m not in self.state.exited]
+
+    def _train_epoch(self) -> bool:
+        """One epoch from the saved position; True when max_steps stopped it."""
+        tc, st = self.tc, self.state
+        self.data["train"].set_epoch(st.epoch)
+        self.sampler.set_position(st.epoch, st.batch * tc.batch_size)
+        total = math.ceil(len(self.data["train"]) / tc.batch_size)
+        bar = tqdm(total=total, initial=st.batch, desc=f"epoch {st.epoch}", dynamic_ncols=True)
+        group = []
+        for batch in self.train_loader:
+            group.append(batch)
+            if len(group) < tc.grad_accum and st.batch + len(group) < total:
+                continue
+            losses = self._optimizer_step(group)
+            bar.update(len(group))
+            bar.set_postfix(loss=f"{sum(losses.values()) / len(losses):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            group = []
+            if tc.max_steps and st.step >= tc.max_steps:
+                bar.close()
+                self._save_last()
+                return True
+            if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
+                self._save_last()
+        bar.close()
+        return False
+
+    def _optimizer_step(self, group: list[dict]) -> dict[str, float]:
+        tc, st = self.tc, self.state
+        group = [to_device(b, self.device) for b in group]
+        active = self._active()
+        passes = [[m] for m in active] if tc.sequential else [active]
+        losses, norms = {}, {}
+        for owners in passes:
+            self.optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for batch in group:
+                with autocast(self.device, tc.bf16):
+                    loss = self.model(batch, grad_modalities=owners) / len(group)
+                loss.backward()
+                total += float(loss.detach())
+            for m in owners:
+                params = self.model.mmqa.lora_parameters(m)
+                if any(p.grad is not None for p in params):  # a batch with m missing everywhere has none
+                    norms[m] = grad_norm(params)
+                    st.grad_sum[m] = st.grad_sum.get(m, 0.0) + norms[m]
+                    st.grad_count[m] = st.grad_count.get(m, 0) + 1
+            self.optimizer.step()
+            losses["+".join(owners)] = total
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        st.step += 1
+        st.batch += len(group)
+        st.loss_sum += sum(losses.values()) / len(losses)
+        st.loss_count += 1
+        if st.step % tc.log_every == 0 or st.step == 1:
+            self.log.write("step", epoch=st.epoch, step=st.step, lr=self.scheduler.get_last_lr()[0],
+                           loss=losses, grad_norm=norms)
+        return losses
+
+    def _end_epoch(self) -> None:
+        tc, st = self.tc, self.state
+        averages = {m: st.grad_sum[m] / st.grad_count[m] for m in self._active() if st.grad_count.get(m)}
+        newly = []
+        for m, avg in averages.items():
+            if tc.early_exit.enabled and should_exit(st.grad_history.get(m, []), avg, epoch=st.epoch,
+                                                     tau=tc.early_exit.tau, start_epoch=tc.early_exit.start_epoch):
+                st.exited[m] = st.epoch
+                newly.append(m)
+            st.grad_history.setdefault(m, []).append(avg)
+        if newly:
+            log.info("epoch %d: early exit of %s (gradient norm above %.2f x its history)", st.epoch, newly,
+                     tc.early_exit.tau)
+            self.model.mmqa.set_trainable(self._active())
+        summary, _ = evaluate(self.model, eval_loader(self.data["val"], tc.eval_batch_size, tc.data.num_workers),
+                              self.device, bf16=tc.bf16, desc=f"val {st.epoch}")
+        self.log.write("eval", split="val", epoch=st.epoch, step=st.step,
+                       **{k: summary[k] for k in ("n", "strict", "lenient", "chance")})
+        self.log.write("epoch", epoch=st.epoch, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
+                       grad_norm=averages, exited=dict(st.exited), newly_exited=newly)
+        log.info("epoch %d: train loss %.4f, val strict EM %.1f%% (lenient %.1f%%, chance %s)", st.epoch,
+                 st.loss_sum / max(st.loss_count, 1), summary["strict"], summary["lenient"],
+                 f"{summary['chance']:.1f}%" if summary["chance"] is not None else "n/a")
+        if not st.best or summary["strict"] > st.best["strict"]:
+            st.best = {"epoch": st.epoch, "step": st.step, "strict": summary["strict"], "lenient": summary["lenient"]}
+            checkpoint.save(self.ckpt_dir, "best", st.step, model=self.model, state=self._state_json())
+        st.epoch += 1
+        st.batch, st.grad_sum, st.grad_count, st.loss_sum, st.loss_count = 0, {}, {}, 0.0, 0
+        if not self._active():
+            log.info("every modality has exited: training stops after epoch %d", st.epoch - 1)
+            st.finished = True
+        self._save_last()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state_json(self) -> dict:
+        return {"model_config": dataclasses.asdict(self.model.config), "resume_config": self._resume_config(),
+                "train_state": dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
+                "store_config_hash": self.store.config_hash}
+
+    def _save_last(self) -> Path:
+        return checkpoint.save(self.ckpt_dir, "last", self.state.step, model=self.model, state=self._state_json(),
+                               optimizer=self.optimizer, keep=self.tc.keep_last)
+
+    # ------------------------------------------------------------------ test
+
+    def test(self) -> dict:
+        """Evaluate the best-on-validation weights on val and test; write report.md."""
+        best = checkpoint.resolve(self.ckpt_dir, "best")
+        checkpoint.load_model(self.model, best)
+        results = {}
+        for split in ("val", "test"):
+            if not self.data[split].records:
+                continue
+            summary, rows = evaluate(self.model, eval_loader(self.data[split], self.tc.eval_batch_size,
+                                                             self.tc.data.num_workers),
+                                     self.device, bf16=self.tc.bf16, desc=split)
+            results[split] = summary
+            self.log.write("test" if split == "test" else "final_val", split=split, step=self.state.step,
+                           checkpoint=str(best), **summary)
+        write_report(self.run_dir / "report.md", results, best, self.modalities)
+        plot_curves(self.log.read(), self.run_dir / "curves.png")
+        return results
+
+
+def write_report(path: Path, results: dict, ckpt: Path, modalities: list[str]) -> str:
+    """report.md: per-question-type tables (strict EM and the reference's lenient score)."""
+    parts = [f"# Results of {ckpt}", "", f"Modalities: {', '.join(modalities)}", ""]
+    for split, summary in results.items():
+        chance = f" (chance {summary['chance']:.1f}%)" if summary.get("chance") is not None else ""
+        parts += [qtype_table(summary, f"{split}{chance}"), ""]
+    text = "\n".join(parts)
+    Path(path).write_text(text)
+    print(text)
+    return text
+
+
+def load_for_eval(directory: Path, device: torch.device) -> tuple[Crema, dict]:
+    """Rebuild the model a checkpoint was trained with and load its weights strictly."""
+    state = checkpoint.read_state(directory)
+    model = crema(CremaConfig.from_dict(state["model_config"]))
+    checkpoint.load_model(model, directory)
+    return model.to(device).eval(), state

@@ -1,0 +1,41 @@
+# make train DATASET=demo ARGS="trainer.epochs=5"
+#   == python scripts/train.py dataset=demo trainer.epochs=5
+"""Train CREMA's MMQA modules and fusion on cached features (Hydra app over conf/train.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import hydra
+from omegaconf import DictConfig
+
+from model.checkpoint import CheckpointError
+from model.pretrained import PretrainedWeightsError
+from model.recipe import Trainer
+from pipeline.store import StoreError
+
+# A deprecation inside peft's transformers checks, once per adapter: noise for users.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        trainer = Trainer(cfg)
+        state = trainer.train()
+        if not state.finished:
+            print(f"stopped at trainer.max_steps={cfg.trainer.max_steps} (step {state.step}); "
+                  f"run the same command with a larger max_steps (or 0) to continue")
+            return
+        trainer.test()
+    except (StoreError, PretrainedWeightsError, CheckpointError, ValueError) as exc:  # user-fixable
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"run folder: {cfg.run_dir} (metrics.jsonl, curves.png, report.md, checkpoints/)")
+
+
+if __name__ == "__main__":
+    main()
