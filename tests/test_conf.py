@@ -1,0 +1,70 @@
+"""Every extraction config composes, hashes stably, and every extractor config instantiates or names a class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from pipeline.config import config_hash, resolve_features
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
+EXTRACTORS = sorted(p.stem for p in (CONF / "extractor").glob("*.yaml"))
+
+
+def make(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.mark.parametrize("features", ["tiny", "full"])
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_extract_config_composes_for_every_dataset(dataset, features):
+    cfg = make("extract", [f"dataset={dataset}", f"features={features}", "dataset.path=/tmp"] if dataset == "videos"
+               else [f"dataset={dataset}", f"features={features}"])
+    resolved = resolve_features(cfg.features)
+    assert resolved["modalities"] == list(cfg.dataset.modalities)
+    for name, ext in resolved["extractors"].items():
+        assert get_class(ext["_target_"]).__name__, name
+    assert len(config_hash(cfg.features)) == 16
+
+
+def test_hash_ignores_runtime_resources_but_not_numerics():
+    base = make("extract", [])
+    same = make("extract", ["features.extractors.encoder.resources.concurrency=3", "features.decode.resources.num_cpus=2"])
+    other = make("extract", ["features.decode.num_frames_stored=16"])
+    assert config_hash(base.features) == config_hash(same.features)
+    assert config_hash(base.features) != config_hash(other.features)
+
+
+def test_unneeded_extractors_neither_run_nor_enter_the_hash():
+    only_rgb = make("extract", ["features.modalities=[rgb]"])
+    changed_depth = make("extract", ["features.modalities=[rgb]", "features.extractors.depth.seed=123"])
+    assert list(resolve_features(only_rgb.features)["extractors"]) == ["encoder"]
+    assert config_hash(only_rgb.features) == config_hash(changed_depth.features)
+    normal = resolve_features(make("extract", ["features.modalities=[normal]"]).features)
+    assert list(normal["extractors"]) == ["depth", "normal", "encoder"]
+    assert normal["extractors"]["encoder"]["modalities"] == ["rgb", "normal"]
+
+
+def test_unknown_modality_is_named():
+    with pytest.raises(ValueError, match="unknown modalities \\['thermal'\\]"):
+        resolve_features(make("extract", ["features.modalities=[rgb,thermal]"]).features)
+
+
+def test_preview_config_composes():
+    cfg = make("preview", ["preview.video=demo_0001"])
+    assert cfg.preview.video == "demo_0001" and cfg.store.shard_size >= 1
+
+
+@pytest.mark.parametrize("name", EXTRACTORS)
+def test_every_extractor_config_names_an_importable_class_and_resources(name):
+    cfg = OmegaConf.load(CONF / "extractor" / f"{name}.yaml")
+    assert get_class(cfg._target_)
+    assert {"num_cpus", "concurrency"} <= set(cfg.resources)
+    first = (CONF / "extractor" / f"{name}.yaml").read_text().splitlines()[0]
+    assert first.startswith("#"), "config files start with the command that uses them"
