@@ -44,7 +44,7 @@ import numpy as np
 from pipeline.schema import SPLITS
 
 # Bump when rendering, wording or layout changes: an existing demo with another version is redone.
-DEMO_FORMAT = 1
+DEMO_FORMAT = 2
 MARKER = "DEMO_DONE.json"
 _LOCK = ".demo.lock"
 _TMP_PREFIX = ".demo-tmp-"
@@ -333,9 +333,9 @@ def _plan_clip(rng: np.random.Generator, p: DemoParams, video_id: str, split: st
     )
 
     # The pair slides past each other horizontally; vertical offsets keep the overlap large.
-    margin = 0.2 * half
+    margin = 0.28 * half
     ya = h / 2 + rng.uniform(-0.05, 0.05) * h
-    yb = ya + rng.uniform(-0.07, 0.07) * h
+    yb = ya + rng.uniform(-0.05, 0.05) * h
     left, right = px0 + margin, px0 + half - margin
     a = Thing(str(colours[1]), str(shapes[1]), rng.uniform(0.17, 0.23) * h, (left, ya), (right, ya))
     b = Thing(str(colours[2]), str(shapes[2]), rng.uniform(0.17, 0.23) * h, (right, yb), (left, yb))
