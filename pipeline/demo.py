@@ -19,7 +19,8 @@ Every clip has three things going on, one per question type:
   overlap (the only depth cue) lasts only the middle of the clip, so a random single frame often
   shows no cue at all.
 
-Answer values and answer letters are balanced per split and question type, so chance is 20%.
+Answer letters (every type) and answer values (motion, sound; for depth, which of the two sliding
+objects is nearer) are balanced per split, so chance is 20%.
 Splits are by video (about 70/15/15), never by question.
 """
 
