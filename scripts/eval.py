@@ -31,7 +31,7 @@ def _subsets(cfg: DictConfig, trained: list[str]) -> list[list[str]]:
 
 def run(cfg: DictConfig) -> list[dict]:
     device = pick_device(cfg.device)
-    directory = checkpoint.resolve(cfg.eval.checkpoint, "best")
+    directory = checkpoint.resolve(cfg.ckpt, "best")
     model, state = load_for_eval(directory, device)
     store = open_store(cfg)
     if state.get("store_config_hash") not in (None, store.config_hash):

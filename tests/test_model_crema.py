@@ -1,0 +1,167 @@
+"""CREMA assembly: fusion layouts, answering, composition, presets, parameter counts, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import ByT5Tokenizer
+
+from model.config import CremaConfig
+from model.crema import crema_full, crema_tiny
+from model.fusion import EspressoFusion, align_to_frames, assemble
+from model.metrics import chance_level, lenient_match, score, strict_match, summarize
+from model.pretrained import PretrainedWeightsError, resolve
+from model.prompts import PromptConfig, choice_token_ids, prompt_text, target_text
+from pipeline.schema import QARecord
+from scripts.params import table
+from test_model_mmqa import VISION, fake_batch, tiny
+
+
+def seq_len(model, batch, **kw):
+    embeds, mask = model.encoder_inputs(batch, **kw)
+    assert embeds.shape[:2] == mask.shape
+    return embeds.shape[1]
+
+
+def test_espresso_sequence_does_not_grow_with_modalities_and_concat_does():
+    batch = fake_batch()
+    prompt = len(ByT5Tokenizer()(batch["prompt"][0]).input_ids)
+    prefix = len(ByT5Tokenizer()("Frame 1: ", add_special_tokens=False).input_ids)
+    q, t = 8, 4
+    esp = tiny(fusion="espresso", espresso_mode="concat").eval()
+    assert seq_len(esp, batch) == 2 * t * (prefix + q) + prompt
+    assert seq_len(esp, batch, modalities=["rgb", "flow"]) == seq_len(esp, batch)
+    add = tiny(fusion="espresso", espresso_mode="add").eval()
+    assert seq_len(add, batch) == t * (prefix + q) + prompt
+    plain = tiny(fusion="concat").eval()
+    frames = t * (prefix + 3 * q)  # rgb, depth, flow per frame
+    assert seq_len(plain, batch) == frames + 2 * q + q + prompt  # + 2 audio chunks + 1 point cloud
+
+
+def test_espresso_fusion_is_one_linear_then_self_gating():
+    torch.manual_seed(0)
+    fusion = EspressoFusion(["flow", "audio"], 6)
+    flow, audio = torch.randn(2, 4, 3, 6), torch.randn(2, 2, 3, 6)
+    aligned = {"flow": flow, "audio": align_to_frames("audio", audio, 4)}
+    assert torch.allclose(aligned["audio"][:, 3], audio.mean(1))  # chunk mean, repeated over frames
+    x = fusion.linear(torch.cat([flow, aligned["audio"]], -1))
+    assert torch.allclose(fusion(aligned), x * torch.sigmoid(x))
+    # a modality left out contributes zeros (zero-shot composition)
+    y = fusion.linear(torch.cat([flow, torch.zeros_like(flow)], -1))
+    assert torch.allclose(fusion({"flow": flow}), y * torch.sigmoid(y))
+
+
+def test_missing_modality_is_zeroed_and_masked():
+    t, q, d = 2, 3, 5
+    tokens = {"rgb": torch.ones(2, t, q, d), "audio": torch.ones(2, 2, q, d)}
+    present = {"rgb": torch.tensor([True, True]), "audio": torch.tensor([True, False])}
+    seq = assemble(tokens, present, [torch.zeros(1, d)] * t, fusion=None, espresso_mode="concat")
+    embeds, mask = seq.build()
+    audio_mask = mask[:, -2 * q:]
+    assert audio_mask[0].all() and not audio_mask[1].any()
+    assert embeds[1, -2 * q:].abs().sum() == 0
+
+
+def test_multiple_choice_reads_the_letter_after_option():
+    tok = ByT5Tokenizer()
+    prefix, letters = choice_token_ids(tok)
+    assert tok.decode(prefix) == "Option " and tok.decode(letters[:5]) == "ABCDE"
+    model = tiny().eval()
+    batch = fake_batch()
+    batch["num_options"] = torch.tensor([2, 2])
+    preds = model.predict(batch)
+    assert all(p["choice"] in (0, 1) and p["text"] == ("left", "right")[p["choice"]] for p in preds)
+    # the choice is the argmax of the letter logits after the teacher-forced "Option " prefix
+    embeds, mask = model.encoder_inputs(batch)
+    dec = torch.tensor([[0] + prefix] * 2)
+    logits = model.llm(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=dec).logits[:, -1]
+    assert [p["choice"] for p in preds] == logits[:, letters[:2]].argmax(-1).tolist()
+
+
+def test_open_ended_uses_beam_search_text():
+    model = tiny().eval()
+    batch = fake_batch()
+    batch["num_options"] = torch.tensor([0, 0])
+    preds = model.predict(batch)
+    assert all(p["choice"] is None and isinstance(p["text"], str) for p in preds)
+
+
+def test_zero_shot_composition_and_lora_off():
+    model = tiny().eval()
+    with torch.no_grad():
+        for p in model.mmqa.lora_parameters("flow"):
+            p.add_(0.05 * torch.randn_like(p))
+    batch = fake_batch()
+    full = model.encoder_inputs(batch)[0]
+    sub = model.encoder_inputs(batch, modalities=["flow", "rgb"])[0]
+    off = model.encoder_inputs(batch, modalities=["rgb", "flow"], lora_off=["flow"])[0]
+    assert full.shape == sub.shape == off.shape
+    assert not torch.allclose(full, sub) and not torch.allclose(sub, off)
+    with pytest.raises(ValueError, match="trained on"):
+        model.encoder_inputs(batch, modalities=["rgb", "thermal"])
+
+
+def test_tiny_preset_is_identical_in_every_build():
+    a, b = tiny(), tiny()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = tiny(seed=1)
+    assert not torch.equal(c.mmqa.heads["rgb"].query_tokens, a.mmqa.heads["rgb"].query_tokens)
+
+
+def test_full_preset_counts_3961600_per_mmqa_on_meta():
+    model = crema_full(device="meta", modalities=["rgb", "depth", "audio", "pointcloud"])
+    rows = dict(table(model))
+    assert rows["MMQA-rgb"] == [2_359_296, 24_576, 2_816, 1_574_912, 0, 3_961_600]
+    assert rows["MMQA-depth"][-1] == rows["MMQA-pointcloud"][-1] == 3_961_600
+    assert rows["MMQA-audio"][-1] == 3_961_600 + 768 * 1408 + 1408  # its Linear to the ViT width
+    assert rows["fusion (espresso)"][-1] == 3 * 2048 * 2048 + 2048
+    assert next(model.parameters()).device.type == "meta"
+
+
+def test_full_preset_offline_error_names_id_revision_and_config_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(PretrainedWeightsError) as err:
+        resolve("Salesforce/blip2-flan-t5-xl", "0eb0d3b46c14c1f8c7680bca2693baafdb90bb28",
+                config_key="model.blip2", patterns=["config.json"])
+    msg = str(err.value)
+    assert "hf download Salesforce/blip2-flan-t5-xl --revision 0eb0d3b46c14c1f8c7680bca2693baafdb90bb28" in msg
+    assert "model.blip2=" in msg
+    with pytest.raises(PretrainedWeightsError, match="no such folder"):
+        resolve(str(tmp_path / "absent"), "main", config_key="model.t5_model", patterns=[])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown"):
+        CremaConfig(modalities=["rgb", "smell"])
+    with pytest.raises(ValueError, match="no rgb"):
+        CremaConfig(modalities=["flow", "audio"], fusion="espresso")
+    CremaConfig(modalities=["flow", "audio"], fusion="concat")
+
+
+def test_prompts_and_targets():
+    r = QARecord(qid="motion_v_0", video_id="v", split="train", question="Which way?", answer="left",
+                 options=("up", "left"), answer_idx=1, qtype="motion")
+    assert prompt_text(r, PromptConfig()).startswith(
+        "Question: Which way? Option A: up Option B: left Considering")
+    assert target_text(r) == "Option B"
+
+
+def test_metrics_strict_and_lenient():
+    assert strict_match(" Acoustic  Guitar", "acoustic guitar")
+    assert not strict_match("guitar", "acoustic guitar")
+    assert lenient_match("guitar", "acoustic guitar") and lenient_match("2", "two")
+    assert not lenient_match("", "indoor")  # empty -> "unanswerable", never a substring match
+    assert score({"choice": 2, "text": "x"}, "x", 2) == {"strict": 1, "lenient": 1}
+    assert score({"choice": None, "text": "in"}, "indoor", -1) == {"strict": 0, "lenient": 1}
+    rows = [{"qtype": "a", "strict": 1, "lenient": 1, "num_options": 5},
+            {"qtype": "b", "strict": 0, "lenient": 1, "num_options": 5}]
+    s = summarize(rows)
+    assert s["strict"] == 50.0 and s["lenient"] == 100.0 and s["by_qtype"]["b"]["strict"] == 0.0
+    assert chance_level(rows) == pytest.approx(20.0)
+
+
+def test_audio_width_is_required():
+    with pytest.raises(ValueError, match="audio_width"):
+        crema_tiny(vision_width=VISION, modalities=["rgb", "audio"])

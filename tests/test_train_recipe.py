@@ -1,0 +1,215 @@
+"""The training recipe on a small real store: frame sampling, missing-modality policy, the early
+exit rule, checkpoint contents after a sequential epoch, strict loading, resume exactness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from model import checkpoint
+from model.data import sample_frames, sample_points
+from model.optim import should_exit, warmup_cosine
+from model.recipe import Trainer, load_for_eval
+from pipeline.config import config_hash, to_plain
+from pipeline.store import ShardSpec, init_store, write_shard
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODS = ["rgb", "flow", "audio"]
+F, TOKENS, VIT, AUD = 6, 5, 24, 16
+
+
+def compose_train(tmp: Path, *overrides: str):
+    ann = tmp / "ann"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[
+            "dataset=nextqa", f"dataset.root={tmp}", f"dataset.annotations.train={ann}/train.json",
+            f"dataset.annotations.val={ann}/val.json", f"dataset.annotations.test={ann}/test.json",
+            "dataset.val_from_train=null", f"dataset.modalities=[{','.join(MODS)}]",
+            "features=tiny", f"store={tmp}/store", f"run_dir={tmp}/run", "trainer.batch_size=4",
+            "trainer.eval_batch_size=8", "trainer.epochs=2", "trainer.warmup_steps=2", "trainer.data.num_workers=0",
+            "trainer.log_every=1", "model.num_frames=3", *overrides])
+
+
+def write_fixture(tmp: Path, cfg, *, videos: int = 12, lacking: dict | None = None) -> None:
+    """A store with real shards (pipeline.store) of random features, and NExT-QA style questions."""
+    lacking = lacking or {}
+    rng = np.random.default_rng(0)
+    ids = [f"vid{i:02d}" for i in range(videos)]
+    root = Path(cfg.store)
+    h = config_hash(cfg.features)
+    init_store(root, dataset=cfg.dataset.name, config_hash=h, features=to_plain(cfg.features))
+    payload = []
+    for vid in ids:
+        feats = {m: rng.standard_normal((F, TOKENS, VIT)).astype(np.float16) for m in ("rgb", "flow")}
+        feats["audio"] = rng.standard_normal((2, TOKENS, AUD)).astype(np.float16)
+        for m in lacking.get(vid, []):
+            del feats[m]
+        payload.append({"video_id": vid, "features": feats, "frame_indices": np.arange(F) * 3,
+                        "timestamps": np.arange(F) * 0.3, "errors": [{"stage": m, "reason": "test"} for m in lacking.get(vid, [])]})
+    write_shard(root, ShardSpec("train-00000", "train", tuple(ids)), payload, config_hash=h)
+    ann = tmp / "ann"
+    ann.mkdir(exist_ok=True)
+    splits = {"train": ids[:8], "val": ids[8:10], "test": ids[10:]}
+    for split, vids in splits.items():
+        rows = [{"video": v, "num_option": 3, "qid": f"{t}_{v}_{k}", "a0": "red", "a1": "green", "a2": "blue",
+                 "answer": int(rng.integers(3)), "question": f"What {t}?"}
+                for v in vids for k, t in enumerate(("colour", "shape"))]
+        (ann / f"{split}.json").write_text(json.dumps(rows))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    def make(*overrides, **kw):
+        cfg = compose_train(tmp_path, *overrides)
+        if not Path(cfg.store).exists():
+            write_fixture(tmp_path, cfg, **kw)
+        return cfg
+    return make
+
+
+# ---------------------------------------------------------------------- pure functions
+
+
+def test_frame_sampling_picks_one_frame_per_segment():
+    assert sample_frames(8, 4).tolist() == [1, 3, 5, 7]           # midpoints at evaluation
+    assert sample_frames(4, 4).tolist() == [0, 1, 2, 3]
+    assert sample_frames(2, 4).tolist() == [0, 0, 1, 1]           # fewer stored frames: repeat
+    rng = np.random.default_rng(0)
+    draws = np.stack([sample_frames(12, 4, rng) for _ in range(200)])
+    for t in range(4):
+        assert set(draws[:, t]) == {3 * t, 3 * t + 1, 3 * t + 2}  # uniform inside segment t only
+    assert sample_points(10, 20).tolist() == list(range(10))
+    even = sample_points(10_000, 5000)
+    assert len(set(even.tolist())) == 5000 and even[0] == 0 and even[-1] == 9998
+    rand = sample_points(10_000, 5000, np.random.default_rng(1))
+    assert len(np.unique(rand)) == 5000 and rand.max() > 9000      # uniform over all points, not a head
+
+
+def test_early_exit_rule_on_synthetic_histories():
+    flat = [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert not should_exit(flat, 1.3, epoch=5, tau=1.4, start_epoch=5)
+    assert should_exit(flat, 1.5, epoch=5, tau=1.4, start_epoch=5)
+    assert not should_exit(flat, 9.0, epoch=4, tau=1.4, start_epoch=5)    # before start_epoch: never
+    assert not should_exit([], 9.0, epoch=5, tau=1.4, start_epoch=0)      # nothing to compare with
+    assert should_exit([2.0, 1.0, 0.5, 0.5], 1.5, epoch=4, tau=1.4, start_epoch=4)  # > 1.4 x mean(1.0)
+    assert not should_exit([2.0, 1.0, 0.5, 0.5], 1.4, epoch=4, tau=1.4, start_epoch=4)  # not strictly above
+    assert should_exit([1.0], 1.9, epoch=1, tau=1.8, start_epoch=1) and not should_exit([1.0], 1.7, epoch=1, tau=1.8, start_epoch=1)
+
+
+def test_warmup_then_cosine():
+    kw = dict(warmup_steps=10, total_steps=110, lr=1e-3, min_lr=1e-5)
+    assert warmup_cosine(0, **kw) == pytest.approx(1e-4)
+    assert warmup_cosine(9, **kw) == pytest.approx(1e-3)
+    assert warmup_cosine(60, **kw) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert warmup_cosine(110, **kw) == pytest.approx(1e-5)
+
+
+# ---------------------------------------------------------------------- data
+
+
+def test_dataset_aligns_frame_modalities_and_applies_the_missing_policy(setup):
+    cfg = setup("trainer.data.missing=drop", lacking={"vid01": ["audio"], "vid02": ["flow"]})
+    trainer = Trainer(cfg)
+    train = trainer.data["train"]
+    assert train.summary()["missing"] == {"audio": 2, "flow": 2} and train.dropped == 4
+    assert {r.video_id for r in train.records}.isdisjoint({"vid01", "vid02"})
+    # aligned: flow's sampled frames are the same stored frames as rgb's
+    from pipeline.store import FeatureStore
+    store = FeatureStore(cfg.store)
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        s = train[0]
+        rgb_all = store.get(s["video_id"], "rgb")
+        flow_all = store.get(s["video_id"], "flow")
+        idx = [int(np.where((rgb_all == f).all(axis=(1, 2)))[0][0]) for f in s["features"]["rgb"]]
+        assert np.array_equal(s["features"]["flow"], flow_all[idx])
+        assert idx[0] in (0, 1) and idx[1] in (2, 3) and idx[2] in (4, 5)
+    assert np.array_equal(train[3]["features"]["rgb"], train[3]["features"]["rgb"])  # deterministic per epoch
+
+    cfg0 = compose_train(Path(cfg.store).parent, "trainer.data.missing=zero", "run_dir=" + str(Path(cfg.run_dir) / "z"))
+    zero = Trainer(cfg0).data["train"]
+    assert zero.dropped == 0 and zero.summary()["missing"] == {"audio": 2, "flow": 2}
+    s = next(zero[i] for i, r in enumerate(zero.records) if r.video_id == "vid01")
+    assert not s["present"]["audio"] and s["present"]["rgb"] and not s["features"]["audio"].any()
+    assert (Path(cfg0.run_dir) / "metrics.jsonl").read_text().count('"policy": "zero"') == 3
+
+
+# ---------------------------------------------------------------------- training
+
+
+def _step_losses(run_dir: Path) -> dict[int, dict]:
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["event"] == "step"}
+
+
+def test_sequential_epoch_checkpoint_holds_every_modality(setup):
+    cfg = setup("trainer.epochs=1")
+    trainer = Trainer(cfg)
+    before = {k: v.detach().clone() for k, v in trainer.model.trainable_state().items()}
+    trainer.train()
+    last = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "last")
+    saved = load_file(str(last / "model.safetensors"))
+    own = trainer.model.trainable_state()
+    assert set(saved) == set(own)
+    for m in MODS:
+        names = [k for k in saved if f".{m}." in k or f"heads.{m}." in k]
+        assert any("lora_A" in k for k in names) and any("query_tokens" in k for k in names), m
+        # every modality trained (moved) and was saved with its trained values
+        assert any(not torch.equal(saved[k], before[k]) for k in names), m
+        assert all(torch.equal(saved[k], own[k].detach().cpu()) for k in names)
+    assert any(k.startswith("fusion.") for k in saved)
+    # one loss per modality pass per step
+    assert set(_step_losses(Path(cfg.run_dir))[1]) == set(MODS)
+    opt = load_file(str(last / "optimizer.safetensors"))
+    assert all(any(k.startswith(f"{n}::") for k in opt) for n in saved)
+    best = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "best")
+    model, state = load_for_eval(best, torch.device("cpu"))
+    assert state["model_config"]["modalities"] == MODS
+    assert (Path(cfg.run_dir) / "curves.png").stat().st_size > 10_000
+
+
+def test_strict_loading_refuses_unknown_and_missing_keys(setup):
+    cfg = setup("trainer.epochs=1", "trainer.max_steps=1")
+    trainer = Trainer(cfg)
+    trainer.train()
+    last = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "last")
+    from model.crema import crema_tiny
+    fewer = crema_tiny(vision_width=VIT, audio_width=AUD, modalities=["rgb", "flow"], num_frames=3)
+    with pytest.raises(checkpoint.CheckpointError, match=r"unknown keys .*audio"):
+        checkpoint.load_model(fewer, last)
+    more = crema_tiny(vision_width=VIT, audio_width=AUD, modalities=MODS + ["depth"], num_frames=3)
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing keys .*depth"):
+        checkpoint.load_model(more, last)
+
+
+def test_resume_continues_exactly(setup, tmp_path):
+    n, k = 5, 2  # 2 epochs of 4 steps: the resume point is mid-epoch, the end crosses an epoch
+    straight = setup(f"trainer.max_steps={n}")
+    Trainer(straight).train()
+    ref = _step_losses(Path(straight.run_dir))
+
+    resumed_dir = f"run_dir={tmp_path}/resumed"
+    Trainer(compose_train(tmp_path, f"trainer.max_steps={k}", resumed_dir)).train()
+    part = Trainer(compose_train(tmp_path, f"trainer.max_steps={n}", resumed_dir))
+    assert part.state.step == k and part.state.batch == k
+    part.train()
+    got = _step_losses(Path(tmp_path / "resumed"))
+    assert sorted(got) == sorted(ref) == list(range(1, n + 1))
+    for step in ref:
+        assert got[step] == ref[step], step  # bit-identical losses, every modality pass
+    a = Trainer(compose_train(tmp_path, f"trainer.max_steps={n}", resumed_dir)).model.trainable_state()
+    b = load_file(str(checkpoint.resolve(Path(straight.run_dir) / "checkpoints", "last") / "model.safetensors"))
+    assert all(torch.equal(a[key].detach(), b[key]) for key in b)
+
+
+def test_resume_refuses_a_run_with_other_settings(setup):
+    cfg = setup("trainer.max_steps=1")
+    Trainer(cfg).train()
+    with pytest.raises(checkpoint.CheckpointError, match="trainer"):
+        Trainer(compose_train(Path(cfg.store).parent, "trainer.max_steps=2", "trainer.lr=0.5"))
