@@ -1,0 +1,119 @@
+"""Depth stage: monocular metric depth per stored frame, through transformers.
+
+Default model: ZoeDepth (`Intel/zoedepth-nyu-kitti`, what CREMA used), with the model's own image
+processor (reflect padding, aspect-preserving resize to a multiple of 32, normalisation) and its
+`post_process_depth_estimation` (padding removed, bicubic back to the source size, optional
+flip averaging as in ZoeDepth's own inference). Any other transformers depth-estimation
+checkpoint with metric output works the same way (conf/extractor/depth_anything_v2.yaml).
+
+Adds per video: maps.depth float32 [F, H, W] (metres, source size) and images.depth
+uint8 [F, H, W, 3] (extractors.render.depth_to_image) for the image encoder.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from extractors import hub, render
+
+
+def build_random(cfg) -> tuple[torch.nn.Module, object]:
+    """A random-init model and processor from `cfg.random_init` (tiny presets, parity tests).
+
+    `random_init.model` holds config kwargs for `model_type` (its `backbone_config` may be a dict
+    with its own model_type); `random_init.processor` holds the image processor's kwargs.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModelForDepthEstimation
+
+    spec = hub.plain(cfg.random_init)
+    kwargs = dict(spec["model"])
+    model_type = kwargs.pop("model_type")
+    backbone = kwargs.pop("backbone_config", None)
+    if backbone is not None:
+        kwargs["backbone_config"] = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    with hub.seeded(cfg.seed):
+        model = AutoModelForDepthEstimation.from_config(config)
+    processor = getattr(transformers, spec["processor_class"])(**spec["processor"])
+    return model, processor
+
+
+def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None) -> tuple[torch.nn.Module, object, dict]:
+    """The configured hub (or local) checkpoint, its own image processor, and its model_meta."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    snap = hub.snapshot(cfg.model_id, cfg.revision, local_path,
+                        allow_patterns=["*.json", "*.safetensors"],
+                        config_key="features.extractors.depth.resources.local_path")
+    model = AutoModelForDepthEstimation.from_pretrained(snap.path, dtype=dtype)
+    processor = AutoImageProcessor.from_pretrained(snap.path)
+    return model, processor, snap.meta()
+
+
+class DepthExtractor:
+    """Metric depth maps (and their renderings) for every stored frame of every video."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device, self.dtype, self.batch_size, local_path = hub.runtime(cfg)
+        if cfg.get("random_init"):
+            model, self.processor = build_random(cfg)
+            self.meta = hub.random_init_meta(type(model), cfg)
+        else:
+            model, self.processor, self.meta = load_pretrained(cfg, self.dtype, local_path)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.meta = {**self.meta, "architecture": type(model).__name__, "dtype": str(self.dtype).removeprefix("torch."),
+                     "flip_average": bool(cfg.flip_average)}
+        post = inspect.signature(self.processor.post_process_depth_estimation).parameters
+        # ZoeDepth's post-processing removes its reflect padding (it needs the source size) and
+        # can average a flipped pass; DPT-style processors (Depth Anything) just resize.
+        self._zoe_style = "source_sizes" in post
+        if cfg.flip_average and "outputs_flipped" not in post:
+            raise ValueError(f"flip_average=true but {type(self.processor).__name__} cannot average a flipped pass; "
+                             "set flip_average=false for this model")
+
+    @classmethod
+    def spec_for(cls, cfg) -> dict:
+        """Per-video features this stage adds (none: depth only feeds maps and images)."""
+        return {}
+
+    def output_spec(self) -> dict:
+        return self.spec_for(self.cfg)
+
+    @torch.inference_mode()
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB frames [F, H, W, 3] of one video -> float32 depth [F, H, W] in metres."""
+        height, width = frames.shape[1:3]
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = list(frames[start:start + self.batch_size])
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+            outputs = self.model(pixel_values=pixels)
+            outputs["predicted_depth"] = outputs["predicted_depth"].float()
+            sizes = [(height, width)] * len(chunk)
+            if self._zoe_style:
+                flipped = None
+                if self.cfg.flip_average:
+                    flipped = self.model(pixel_values=torch.flip(pixels, dims=[3]))
+                    flipped["predicted_depth"] = flipped["predicted_depth"].float()
+                results = self.processor.post_process_depth_estimation(outputs, source_sizes=sizes,
+                                                                       outputs_flipped=flipped)
+            else:
+                results = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
+            out += [r["predicted_depth"].float().cpu().numpy() for r in results]
+        return np.stack(out).astype(np.float32)
+
+    def __call__(self, batch: dict) -> dict:
+        render_cfg = dict(self.cfg.get("render") or {})
+        for video in batch["videos"]:
+            if video.get("failed"):
+                continue
+            depth = self.predict(np.asarray(video["frames"]))
+            video.setdefault("maps", {})["depth"] = depth
+            video.setdefault("images", {})["depth"] = render.depth_to_image(depth, **render_cfg)
+            video.setdefault("model_meta", {})[self.cfg.name] = dict(self.meta)
+        return batch
