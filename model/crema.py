@@ -19,7 +19,8 @@ from torch import nn
 from transformers import (Blip2QFormerConfig, Blip2QFormerModel, ByT5Tokenizer, T5Config,
                           T5ForConditionalGeneration)
 
-from model.config import CLIP_MODALITIES, CremaConfig
+from extractors.hub import seeded
+from model.config import CremaConfig
 from model.fusion import EspressoFusion, assemble
 from model.mmqa import MMQA
 from model.prompts import choice_token_ids
@@ -167,8 +168,7 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
     if "audio" in config.modalities and config.audio_width is None:
         raise ValueError("model.audio_width is unset: pass the audio encoder's token width")
     meta = device is not None and torch.device(device).type == "meta"
-    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed), (torch.device("meta") if meta else contextlib.nullcontext()):
         if config.pretrained and not meta:
             qformer, llm, tokenizer, init = _load_frozen(config)
         else:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from model.config import BLIP2_ID, T5_ID
+
 log = logging.getLogger(__name__)
 
 BLIP2_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json"]
@@ -26,36 +28,21 @@ class PretrainedWeightsError(RuntimeError):
     """Full-size weights that are neither in a local folder nor reachable on the hub."""
 
 
-def _how_to_get(source: str, revision: str, config_key: str) -> str:
-    return (
-        f"Pre-download it on a machine with network access:\n"
-        f"    hf download {source} --revision {revision}\n"
-        f"(older huggingface_hub: huggingface-cli download {source} --revision {revision}) and copy the "
-        f"Hugging Face cache (~/.cache/huggingface) here, or download it into a folder with "
-        f"`--local-dir /models/{source.split('/')[-1]}` and pass `{config_key}=/models/{source.split('/')[-1]}`."
-    )
+def resolve(source: str, revision: str, *, config_key: str, patterns: list[str], default_id: str | None = None) -> Path:
+    """A local folder holding `source` (a hub id, or a local folder given in its place).
 
+    Delegates to the extractors' loader (cache first, then the hub, one clear error) so every
+    model in the project is found and reported the same way.
+    """
+    from extractors.hub import ModelUnavailableError, snapshot
 
-def resolve(source: str, revision: str, *, config_key: str, patterns: list[str]) -> Path:
-    """A local folder holding `source`: the folder itself, the HF cache, or a fresh download."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if source.startswith(("/", ".", "~")):
-        raise PretrainedWeightsError(f"{config_key}={source}: no such folder. " + _how_to_get(source, revision, config_key))
-    from huggingface_hub import snapshot_download
-
+    local = source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
     try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns, local_files_only=True))
-    except Exception:  # not cached: try the hub, below
-        pass
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
-    except Exception as err:
-        raise PretrainedWeightsError(
-            f"cannot load {source} at revision {revision} ({type(err).__name__}: {err}).\n"
-            + _how_to_get(source, revision, config_key)
-        ) from err
+        snap = snapshot(default_id if local else source, revision, source if local else None,
+                        allow_patterns=patterns, config_key=config_key)
+    except ModelUnavailableError as err:
+        raise PretrainedWeightsError(str(err)) from None
+    return snap.path
 
 
 def read_tensors(root: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -81,7 +68,7 @@ def load_blip2(source: str, revision: str):
     """(Blip2QFormerModel with BLIP-2's weights, dict of initial values for the MMQA heads)."""
     from transformers import Blip2Config, Blip2QFormerModel
 
-    root = resolve(source, revision, config_key="model.blip2", patterns=BLIP2_FILES)
+    root = resolve(source, revision, config_key="model.blip2", patterns=BLIP2_FILES, default_id=BLIP2_ID)
     config = Blip2Config.from_pretrained(root)
     qformer = Blip2QFormerModel(config.qformer_config)
     tensors = read_tensors(root, BLIP2_PREFIXES)
@@ -108,6 +95,6 @@ def load_t5(source: str, revision: str, dtype: torch.dtype):
     """(T5ForConditionalGeneration, its tokenizer) from the hub or a local folder."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-    root = resolve(source, revision, config_key="model.t5_model", patterns=T5_FILES)
+    root = resolve(source, revision, config_key="model.t5_model", patterns=T5_FILES, default_id=T5_ID)
     llm = T5ForConditionalGeneration.from_pretrained(root, dtype=dtype)
     return llm, AutoTokenizer.from_pretrained(root)

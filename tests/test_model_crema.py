@@ -128,7 +128,7 @@ def test_full_preset_offline_error_names_id_revision_and_config_key(monkeypatch,
     msg = str(err.value)
     assert "hf download Salesforce/blip2-flan-t5-xl --revision 0eb0d3b46c14c1f8c7680bca2693baafdb90bb28" in msg
     assert "model.blip2=" in msg
-    with pytest.raises(PretrainedWeightsError, match="no such folder"):
+    with pytest.raises(PretrainedWeightsError, match="holds no config.json"):
         resolve(str(tmp_path / "absent"), "main", config_key="model.t5_model", patterns=[])
 
 
