@@ -258,3 +258,16 @@ def test_ast_time_positions_keep_the_centre_columns():
     start = t_src // 2 - t_dst // 2
     assert out[0, :2, 0].tolist() == [0.0, 1.0]
     assert grid[1].tolist() == [2 + t_src + start + i for i in range(t_dst)]
+
+
+def test_voxelise_agrees_with_open3d_voxel_down_sample():
+    import open3d as o3d
+
+    points = np.random.default_rng(0).uniform(-1, 1, (5000, 3)) * np.array([2.0, 1.0, 0.5])
+    centroids, order, starts, counts = pointcloud.voxelise(points, 0.1)
+    ref = np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points)).voxel_down_sample(0.1).points)
+    assert len(centroids) == len(ref) and counts.sum() == len(points)
+    key = lambda a: a[np.lexsort(a.T)]  # noqa: E731
+    assert np.allclose(key(centroids), key(ref), atol=1e-9)
+    i = 7  # a voxel's members are the points whose mean is its centroid
+    assert np.allclose(points[order[starts[i]:starts[i] + counts[i]]].mean(axis=0), centroids[i])
