@@ -43,17 +43,21 @@ class FarnebackBackend:
         return np.stack(out).astype(np.float32)
 
 
-def _resize_for(height: int, width: int, max_side: int | None, stride: int) -> tuple[int, int]:
-    """The size a learned model runs at: longer side capped at max_side, aspect kept. Padding to
-    the model's stride happens separately, so no pixel is stretched just for divisibility."""
+def _resize_for(height: int, width: int, max_side: int | None, min_side: int) -> tuple[int, int]:
+    """The size a learned model runs at: longer side capped at max_side, shorter side at least
+    min_side (what the network can take), aspect kept. Padding to the model's stride happens
+    separately, so no pixel is stretched just for divisibility."""
     scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
-    return max(stride, round(height * scale)), max(stride, round(width * scale))
+    if min(height, width) * scale < min_side:
+        scale = min_side / min(height, width)
+    return max(min_side, round(height * scale)), max(min_side, round(width * scale))
 
 
 class _LearnedBackend:
     """Shared resize / pad / un-pad / rescale around a torch flow network (RAFT, UniMatch)."""
 
-    stride = 8
+    stride = 8     # inputs are padded to a multiple of this
+    min_side = 8   # and resized up to at least this
 
     def __init__(self, cfg, device, dtype):
         self.device, self.dtype = device, dtype
@@ -66,7 +70,7 @@ class _LearnedBackend:
     @torch.inference_mode()
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         height, width = first.shape[1:3]
-        rh, rw = _resize_for(height, width, self.max_side, self.stride)
+        rh, rw = _resize_for(height, width, self.max_side, self.min_side)
         ph, pw = math.ceil(rh / self.stride) * self.stride, math.ceil(rw / self.stride) * self.stride
         out = []
         for start in range(0, len(first), self.batch_size):
@@ -89,6 +93,9 @@ class _LearnedBackend:
 class RaftBackend(_LearnedBackend):
     """torchvision RAFT. Weights come from download.pytorch.org (torchvision's own cache, under
     $TORCH_HOME/hub/checkpoints) or from `resources.local_path` (a state-dict file)."""
+
+    # RAFT's 4-level correlation pyramid needs feature maps >= 16 cells, i.e. 128 px inputs.
+    min_side = 128
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)
@@ -157,27 +164,37 @@ class PtlflowBackend(_LearnedBackend):
         else:
             model, self.meta = _load_ptlflow(ptlflow, name, ckpt, local_path)
         self.model = model.to(device, dtype).eval()
+        # Padding to the model's stride here too (ptlflow would pad two-sided, then crop) keeps
+        # one padding rule for every learned backend.
         self.stride = int(getattr(model, "output_stride", 8) or 8)
         self.meta = {**self.meta, "arch": name}
 
     def _network(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        # ptlflow models take {"images": [B, 2, 3, H, W]} in [0, 1] and return {"flows": [B, 1, 2, H, W]}.
-        images = torch.stack([first, second], dim=1).to(self.dtype) / 255.0
-        return self.model({"images": images})["flows"][:, 0]
+        return self.model({"images": ptlflow_images(first, second, self.dtype)})["flows"][:, 0]
+
+
+def ptlflow_images(first: torch.Tensor, second: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """RGB uint8-valued [B, 3, H, W] pairs -> ptlflow's input: [B, 2, 3, H, W] in [0, 1], BGR
+    channel order (ptlflow models expect cv2-loaded images and convert to RGB themselves)."""
+    return torch.stack([first, second], dim=1).flip(2).to(dtype) / 255.0
 
 
 def _load_ptlflow(ptlflow, name: str, ckpt: str, local_path: str | None):
-    meta = {"model_id": f"ptlflow:{name}", "revision": ckpt, "resolved_revision": None, "source": local_path or ckpt}
+    url = getattr(ptlflow.get_model_reference(name), "pretrained_checkpoints", {}).get(ckpt)
+    meta = {"model_id": f"ptlflow:{name}", "revision": ckpt, "resolved_revision": url, "source": local_path or url}
     try:
         return ptlflow.get_model(name, ckpt_path=local_path or ckpt), meta
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
+        fetch = f"curl -L -o {url.rsplit('/', 1)[-1]} {url}" if url else \
+            f"python -c \"import ptlflow; ptlflow.get_model('{name}', ckpt_path='{ckpt}')\""
         raise hub.ModelUnavailableError(
             f"ptlflow model {name!r} checkpoint {ckpt!r} is not available ({type(exc).__name__}: {first}).\n"
             f"Pre-download it on a machine with network access:\n"
-            f"    python -c \"import ptlflow; ptlflow.get_model('{name}', ckpt_path='{ckpt}')\"\n"
-            f"(ptlflow caches it under $TORCH_HOME/hub/checkpoints/ptlflow), copy that .ckpt here and set\n"
-            f"    features.extractors.flow.resources.local_path=/path/to/the.ckpt"
+            f"    {fetch}\n"
+            f"then either copy it into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch/hub/checkpoints/) "
+            f"or point the config at it:\n"
+            f"    features.extractors.flow.resources.local_path=/path/to/{(url or 'the.ckpt').rsplit('/', 1)[-1]}"
         ) from None
 
 
