@@ -11,12 +11,14 @@ PY    := .venv/bin/python
 STAMP := .venv/.crema-setup
 export PATH := $(HOME)/.local/bin:$(PATH)
 
-HYDRA_COMMON = dataset=$(DATASET) features=$(FEATURES) out=$(OUT) $(if $(DATA),dataset.path=$(DATA))
+# DATA is the folder/list for DATASET=videos, and the dataset's root folder for the others.
+HYDRA_COMMON = dataset=$(DATASET) features=$(FEATURES) out=$(OUT) \
+  $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 
 .PHONY: help setup extract train eval params test test-fast bench preview submit clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) DATA=<folder|list> ARGS='<hydra overrides>'"
+	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
 
 $(STAMP): pyproject.toml uv.lock scripts/setup.sh
 	bash scripts/setup.sh

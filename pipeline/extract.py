@@ -19,6 +19,20 @@ from pipeline.store import collect_markers, init_store, remove_stale_temporaries
 log = logging.getLogger("crema.extract")
 
 
+class ExtractError(RuntimeError):
+    """A run-level problem the user can fix (e.g. model weights unavailable); the message says how."""
+
+
+def _user_error(exc: BaseException) -> ExtractError | None:
+    """Ray wraps an actor's constructor error in layers of traceback; keep the one line that matters."""
+    text = str(exc)
+    marker = "ModelUnavailableError: "
+    if marker not in text:
+        return None
+    message = text.split(marker, 1)[1].strip()
+    return ExtractError(message.split("\n\n")[0] if message else text)
+
+
 def start_ray(ray_cfg: dict) -> None:
     """Join a cluster when one is named (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
     import ray
@@ -52,6 +66,17 @@ def _drop_foreign_shards(root: Path, wanted: set[str]) -> list[str]:
     return dropped
 
 
+def _translated(rows):
+    """Iterate the graph's output, turning a user-fixable failure inside Ray into an ExtractError."""
+    try:
+        yield from rows
+    except Exception as exc:
+        user = _user_error(exc)
+        if user is None:
+            raise
+        raise user from None
+
+
 def run_extract(cfg) -> dict:
     """Run (or resume) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report."""
     from pipeline.datasets import load_dataset
@@ -77,9 +102,9 @@ def run_extract(cfg) -> dict:
         start_ray(to_plain(cfg.ray))
         ds = build_dataset(todo, features, root=root, config_hash=chash, store_cfg=store_cfg,
                            decode_resources=features["decode"].get("resources"))
-        n_ok = n_failed = n_decoded = 0
+        n_ok = n_failed = 0
         with tqdm(total=len(todo), unit="shard", desc=f"extract {index.name}", dynamic_ncols=True) as bar:
-            for row in ds.iter_rows():
+            for row in _translated(ds.iter_rows()):
                 marker = json.loads(row["marker"])
                 n_ok, n_failed = n_ok + len(marker["ok"]), n_failed + len(marker["failed"])
                 n_decoded += marker["videos_decoded"]

@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.extract import run_extract
+from pipeline.extract import ExtractError, run_extract
 from pipeline.store import StoreError
 
 
@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         report = run_extract(cfg)
-    except (StoreError, FileNotFoundError, ValueError) as exc:  # user-fixable: say what, not a stack trace
+    except (StoreError, ExtractError, FileNotFoundError, ValueError) as exc:  # user-fixable: say what, not a stack trace
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     total = max(1, report["videos_total"])
