@@ -69,18 +69,18 @@ def test_bad_inputs_are_recorded_and_the_run_completes(broken, tmp_path):
     expect = {"missing": "file not found", "zero_byte": "empty file", "truncated": "undecodable",
               "corrupt": "undecodable"}
     for vid, needle in expect.items():
-        (row,) = by_video[vid]
+        (row,) = by_video[f"{vid}.mp4"]  # ids of the `videos` dataset are paths relative to the folder
         assert row["fatal"] and row["stage"] == "decode" and needle in row["reason"], row
-    assert [(r["stage"], r["fatal"]) for r in by_video["no_audio"]] == [("audio", False)]
-    assert [(r["stage"], r["fatal"]) for r in by_video["one_frame"]] == [("flow", False)]
+    assert [(r["stage"], r["fatal"]) for r in by_video["no_audio.mp4"]] == [("audio", False)]
+    assert [(r["stage"], r["fatal"]) for r in by_video["one_frame.mp4"]] == [("flow", False)]
     fs = FeatureStore(root)
-    assert fs.video_ids == ["good_a", "good_b", "no_audio", "one_frame"]
+    assert fs.video_ids == ["good_a.mp4", "good_b.mp4", "no_audio.mp4", "one_frame.mp4"]
     for key in ("rgb", "depth", "flow", "normal", "pointcloud", "pointcloud_xyz", "audio"):
-        assert fs.has("good_a", key) and fs.get("good_a", key).shape == tuple(report["modalities"][key]["shape"])
+        assert fs.has("good_a.mp4", key) and fs.get("good_a.mp4", key).shape == tuple(report["modalities"][key]["shape"])
         assert report["modalities"][key]["videos"] == (3 if key in ("audio", "flow") else 4)
-    assert not fs.has("no_audio", "audio") and fs.has("no_audio", "depth")
-    assert not fs.has("one_frame", "flow") and fs.has("one_frame", "rgb")
-    assert fs.get("good_a", "rgb").dtype == np.float16 and np.isfinite(fs.get("good_a", "rgb")).all()
+    assert not fs.has("no_audio.mp4", "audio") and fs.has("no_audio.mp4", "depth")
+    assert not fs.has("one_frame.mp4", "flow") and fs.has("one_frame.mp4", "rgb")
+    assert fs.get("good_a.mp4", "rgb").dtype == np.float16 and np.isfinite(fs.get("good_a.mp4", "rgb")).all()
     assert "4 failed" in proc.stdout and "failures.jsonl" in proc.stdout
 
     # the same command again: nothing is redone, nothing changes
