@@ -65,23 +65,33 @@ class Crema(nn.Module):
 
     # ------------------------------------------------------------------ encoder input
 
-    def _encode(self, batch: dict, modalities: list[str], grad_modalities, lora_off) -> dict[str, torch.Tensor]:
+    def modality_tokens(self, batch: dict, modalities: list[str], *, lora_off=()) -> dict[str, torch.Tensor]:
+        """LLM-space tokens per modality, [B, n, Q, D] (n: frames, audio chunks, or 1 point cloud).
+        Builds a graph only when called with grad enabled."""
         tokens = {}
         for m in modalities:
-            needs_grad = grad_modalities is None or m in grad_modalities
-            with contextlib.nullcontext() if needs_grad else torch.no_grad():
-                feats = batch["features"][m]
-                mask = batch.get("masks", {}).get(m)
-                xyz = batch.get("xyz", {}).get(m)
-                if m == "pointcloud":  # one cloud per sample: a leading "frame" axis of 1
-                    feats, mask, xyz = feats[:, None], mask[:, None] if mask is not None else None, xyz[:, None]
-                tokens[m] = self.mmqa(m, feats, mask=mask, xyz=xyz, use_lora=m not in lora_off)
+            feats = batch["features"][m]
+            mask = batch.get("masks", {}).get(m)
+            xyz = batch.get("xyz", {}).get(m)
+            if m == "pointcloud":  # one cloud per sample: a leading "frame" axis of 1
+                feats, mask, xyz = feats[:, None], mask[:, None] if mask is not None else None, xyz[:, None]
+            tokens[m] = self.mmqa(m, feats, mask=mask, xyz=xyz, use_lora=m not in lora_off)
         return tokens
 
-    def encoder_inputs(self, batch: dict, *, modalities=None, grad_modalities=None, lora_off=()):
-        """(inputs_embeds [B, L, D], attention_mask [B, L]) for the T5 encoder."""
+    def encoder_inputs(self, batch: dict, *, modalities=None, grad_modalities=None, lora_off=(), cached=None):
+        """(inputs_embeds [B, L, D], attention_mask [B, L]) for the T5 encoder.
+
+        Only `grad_modalities` (None: all) build a graph; the others run under no_grad, or are
+        taken from `cached` (tokens computed earlier with the same weights) when given.
+        """
         modalities = self._check_subset(modalities)
-        tokens = self._encode(batch, modalities, grad_modalities, set(lora_off))
+        cached = cached or {}
+        with_grad = [m for m in modalities if grad_modalities is None or m in grad_modalities]
+        todo = [m for m in modalities if m not in with_grad and m not in cached]
+        tokens = self.modality_tokens(batch, with_grad, lora_off=lora_off)
+        with torch.no_grad():
+            tokens.update(self.modality_tokens(batch, todo, lora_off=lora_off))
+        tokens = {m: tokens[m] if m in tokens else cached[m] for m in modalities}
         device = next(iter(tokens.values())).device
         embed = self.llm.get_input_embeddings()
         prefixes = [embed(torch.tensor(ids, device=device)) for ids in self.prefix_ids]
@@ -105,10 +115,10 @@ class Crema(nn.Module):
     # ------------------------------------------------------------------ training / inference
 
     def forward(self, batch: dict, *, grad_modalities: Iterable[str] | None = None, modalities=None,
-                lora_off=()) -> torch.Tensor:
+                lora_off=(), cached=None) -> torch.Tensor:
         """LM loss on the answer text. Only `grad_modalities` (None: all) build a graph."""
         embeds, mask = self.encoder_inputs(batch, modalities=modalities, grad_modalities=grad_modalities,
-                                           lora_off=lora_off)
+                                           lora_off=lora_off, cached=cached)
         target = self.tokenizer(list(batch["target"]), padding="longest", truncation=True,
                                 max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
         labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
