@@ -1,12 +1,15 @@
 """Surface-normal stage: camera-frame unit normals per stored frame.
 
-Default backend `geometric`: normals from the depth stage's metric depth. Each pixel is
-back-projected with the camera prior of extractors.geometry (field of view or explicit
-intrinsics); the normal is the cross product of the surface tangents along the image rows and
-columns (central differences), oriented towards the camera. Depth edges give noisy normals
-(the tangent straddles two surfaces); `smooth_px` box-filters the points first to calm
-sensor-like noise. CREMA used Bae et al.'s learned estimator; see docs/models.md for how the
-two differ and for the learned option.
+Backends (`cfg.backend`):
+- `geometric` (default, no weights): normals from the depth stage's metric depth. Each pixel is
+  back-projected with the camera prior of extractors.geometry (field of view or explicit
+  intrinsics); the normal is the cross product of the surface tangents along the image rows
+  and columns (central differences), oriented towards the camera. Depth edges give noisy
+  normals (the tangent straddles two surfaces); `smooth_px` box-filters the points first.
+- `learned`: a transformers normal-estimation model on the RGB frames, by default TIPSv2-DPT
+  (`google/tipsv2-b14-dpt`, Tipsv2DptForNormalEstimation) with its own processor and
+  post_process_normal_estimation. `axes` maps the model's XYZ to our camera frame.
+CREMA used Bae et al.'s estimator, which no package ships; docs/models.md compares the options.
 
 Adds maps.normal float32 [F, 3, H, W] (x right, y down, z forward; n . p < 0) and images.normal
 uint8 [F, H, W, 3] (extractors.render.normal_to_image).
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from extractors import geometry, render
+import torch
+
+from extractors import geometry, hub, render
 
 
 def normals_from_depth(depth: np.ndarray, cfg) -> np.ndarray:
@@ -48,15 +53,80 @@ def normals_from_depth(depth: np.ndarray, cfg) -> np.ndarray:
     return n.astype(np.float32)
 
 
-class NormalExtractor:
-    """Surface normals (and their renderings) for every stored frame with a depth map."""
+def build_random(cfg):
+    """A random-init normal model + processor from `cfg.random_init` (tests)."""
+    import transformers
+    from transformers import AutoConfig
+
+    spec = hub.plain(cfg.random_init)
+    kwargs = dict(spec["model"])
+    backbone = kwargs.pop("backbone_config", None)
+    if backbone is not None:
+        kwargs["backbone_config"] = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
+    config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    with hub.seeded(cfg.seed):
+        model = getattr(transformers, cfg.architecture)(config)
+    return model, getattr(transformers, spec["processor_class"])(**spec["processor"])
+
+
+def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None):
+    import transformers
+    from transformers import AutoImageProcessor
+
+    snap = hub.snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
+                        config_key="features.extractors.normal.resources.local_path")
+    model = getattr(transformers, cfg.architecture).from_pretrained(snap.path, dtype=dtype)
+    return model, AutoImageProcessor.from_pretrained(snap.path), snap.meta()
+
+
+class LearnedNormals:
+    """Per-frame normals from a transformers model's own pre- and post-processing."""
 
     def __init__(self, cfg):
         self.cfg = cfg
-        if cfg.backend != "geometric":
-            raise ValueError(f"unknown normal backend {cfg.backend!r}; available: geometric")
-        self.meta = {"model_id": "geometric:depth-cross-product", "revision": None, "resolved_revision": None,
-                     "source": "depth", "fov_deg": float(cfg.fov_deg), "smooth_px": int(cfg.get("smooth_px") or 0)}
+        self.device, self.dtype, self.batch_size, local_path = hub.runtime(cfg)
+        if cfg.get("random_init"):
+            model, self.processor = build_random(cfg)
+            meta = hub.random_init_meta(type(model), cfg)
+        else:
+            model, self.processor, meta = load_pretrained(cfg, self.dtype, local_path)
+        self.model = model.to(self.device, self.dtype).eval()
+        self.axes = torch.tensor([float(a) for a in cfg.axes]).view(3, 1, 1)
+        self.meta = {**meta, "architecture": type(model).__name__, "dtype": str(self.dtype).removeprefix("torch."),
+                     "axes": [float(a) for a in cfg.axes]}
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB [F, H, W, 3] -> unit normals float32 [F, 3, H, W] in our camera frame."""
+        height, width = frames.shape[1:3]
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = list(frames[start:start + self.batch_size])
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+            outputs = self.model(pixel_values=pixels)
+            outputs["normals"] = outputs["normals"].float()
+            results = self.processor.post_process_normal_estimation(outputs, target_sizes=[(height, width)] * len(chunk))
+            # The library normalises before its bilinear resize; blended unit vectors are shorter
+            # than 1, so normalise again: maps.normal promises unit vectors.
+            out += [(torch.nn.functional.normalize(r["normals"].float().cpu(), dim=0) * self.axes).numpy()
+                    for r in results]
+        return np.stack(out).astype(np.float32)
+
+
+class NormalExtractor:
+    """Surface normals (and their renderings) for every stored frame of every video."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        if cfg.backend == "geometric":
+            self.learned = None
+            self.meta = {"model_id": "geometric:depth-cross-product", "revision": None, "resolved_revision": None,
+                         "source": "depth", "fov_deg": float(cfg.fov_deg), "smooth_px": int(cfg.get("smooth_px") or 0)}
+        elif cfg.backend == "learned":
+            self.learned = LearnedNormals(cfg)
+            self.meta = self.learned.meta
+        else:
+            raise ValueError(f"unknown normal backend {cfg.backend!r}; choose geometric or learned")
 
     @classmethod
     def spec_for(cls, cfg) -> dict:
@@ -66,20 +136,29 @@ class NormalExtractor:
     def output_spec(self) -> dict:
         return self.spec_for(self.cfg)
 
+    def _geometric(self, video: dict) -> np.ndarray | None:
+        depth = (video.get("maps") or {}).get("depth")
+        if depth is None:
+            return None
+        return np.stack([normals_from_depth(d, self.cfg) for d in np.asarray(depth)])
+
     def __call__(self, batch: dict) -> dict:
         for video in batch["videos"]:
             if video.get("failed"):
                 continue
-            depth = (video.get("maps") or {}).get("depth")
-            if depth is None:
-                video.setdefault("errors", []).append(
-                    {"stage": self.cfg.name, "reason": "no depth map for this video (the depth stage did not produce one)"})
-                continue
-            normal = np.stack([normals_from_depth(d, self.cfg) for d in np.asarray(depth)])
+            if self.learned is not None:
+                normal = self.learned(np.asarray(video["frames"]))
+            else:
+                normal = self._geometric(video)
+                if normal is None:
+                    video.setdefault("errors", []).append(
+                        {"stage": self.cfg.name,
+                         "reason": "no depth map for this video (the depth stage did not produce one)"})
+                    continue
             video.setdefault("maps", {})["normal"] = normal
             video.setdefault("images", {})["normal"] = render.normal_to_image(normal)
             meta = dict(self.meta)
-            if "depth" in video.get("model_meta", {}):
+            if self.learned is None and "depth" in video.get("model_meta", {}):
                 meta["depth_model_id"] = video["model_meta"]["depth"].get("model_id")
             video.setdefault("model_meta", {})[self.cfg.name] = meta
         return batch

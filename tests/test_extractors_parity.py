@@ -128,3 +128,41 @@ def test_raft_weights_offline_name_the_url_and_local_path(monkeypatch, tmp_path)
     assert "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth" in msg
     assert "features.extractors.flow.resources.local_path=" in msg and info.value.__cause__ is None
 
+
+
+TIPS_TINY = {
+    "processor_class": "Tipsv2DptImageProcessor",
+    "processor": {"size": {"height": 56, "width": 56}},
+    "model": {"model_type": "tipsv2_dpt", "neck_hidden_sizes": [8, 16, 32, 64], "fusion_hidden_size": 16,
+              "backbone_config": {"model_type": "tipsv2_vision_model", "hidden_size": 32, "num_hidden_layers": 4,
+                                  "num_attention_heads": 2, "image_size": 56, "patch_size": 14,
+                                  "out_indices": [1, 2, 3, 4], "apply_layernorm": True,
+                                  "reshape_hidden_states": False}},
+}
+
+
+def learned_normals(axes=(1, 1, 1)):
+    from extractors.normal import NormalExtractor
+
+    cfg = OmegaConf.load(CONF / "normal_learned.yaml")
+    cfg.num_frames_stored, cfg.seed, cfg.random_init, cfg.axes = 2, 0, TIPS_TINY, list(axes)
+    cfg.resources.device = "cpu"
+    return NormalExtractor(cfg)
+
+
+def test_learned_normals_follow_the_documented_transformers_recipe():
+    stage = learned_normals()
+    video = {"video_id": "v", "failed": None, "errors": [], "frames": frames(), "maps": {}, "images": {},
+             "features": {}, "model_meta": {}}
+    out = stage({"videos": [video]})["videos"][0]
+    ours = out["maps"]["normal"]
+    model, processor = stage.learned.model, stage.learned.processor
+    with torch.no_grad():
+        raw = model(**processor(images=list(frames()), return_tensors="pt"))
+    want = [torch.nn.functional.normalize(r["normals"], dim=0).numpy()  # + our re-normalisation after resizing
+            for r in processor.post_process_normal_estimation(raw, target_sizes=[(48, 64)] * 2)]
+    np.testing.assert_allclose(ours, np.stack(want), rtol=1e-6, atol=1e-6)
+    assert ours.shape == (2, 3, 48, 64) and np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
+    assert out["images"]["normal"].shape == (2, 48, 64, 3) and out["model_meta"]["normal"]["axes"] == [1, 1, 1]
+    flipped = learned_normals(axes=(1, -1, -1)).learned(frames())
+    np.testing.assert_allclose(flipped, ours * np.array([1, -1, -1])[None, :, None, None], atol=1e-6)
