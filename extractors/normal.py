@@ -105,7 +105,8 @@ class LearnedNormals:
             pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
             outputs = self.model(pixel_values=pixels)
             outputs["normals"] = outputs["normals"].float()
-            results = self.processor.post_process_normal_estimation(outputs, target_sizes=[(height, width)] * len(chunk))
+            sizes = [(height, width)] * len(chunk)
+            results = self.processor.post_process_normal_estimation(outputs, target_sizes=sizes)
             # The library normalises before its bilinear resize; blended unit vectors are shorter
             # than 1, so normalise again: maps.normal promises unit vectors.
             out += [(torch.nn.functional.normalize(r["normals"].float().cpu(), dim=0) * self.axes).numpy()
