@@ -55,6 +55,34 @@ def start_ray(ray_cfg: dict) -> None:
     ctx.print_on_execution_start = False
 
 
+def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool) -> None:
+    """Every stage holds a fixed actor pool; if the pools cannot all be placed, Ray Data would wait forever.
+
+    On a local Ray that is an error with the arithmetic spelled out; on a cluster (which may
+    autoscale) it is a warning.
+    """
+    stages = {"decode": features["decode"].get("resources") or {},
+              **{n: e.get("resources") or {} for n, e in features["extractors"].items()},
+              "writer": store_cfg.get("resources") or {}}
+    need = {"CPU": 0.0, "GPU": 0.0}
+    parts = []
+    for name, res in stages.items():
+        n = int(res.get("concurrency", 1))
+        cpu, gpu = float(res.get("num_cpus", 1)) * n, float(res.get("num_gpus") or 0) * n
+        need["CPU"] += cpu
+        need["GPU"] += gpu
+        parts.append(f"{name} {n}x{float(res.get('num_cpus', 1)):g}" + (f"+{float(res['num_gpus']):g}GPU" if gpu else ""))
+    short = [k for k in need if need[k] > have.get(k, 0.0) + 1e-9]
+    if not short:
+        return
+    msg = (f"the stages' actor pools need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray cluster has "
+           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs ({', '.join(parts)}). Lower some stages' "
+           f"resources, e.g. ARGS=\"features.extractors.depth.resources.num_cpus=0.5\", or use more machines.")
+    if local:
+        raise ExtractError(msg)
+    log.warning("%s Waiting for the cluster to scale.", msg)
+
+
 def _drop_foreign_shards(root: Path, wanted: set[str]) -> list[str]:
     """Shards left from an older video list would otherwise stay visible to readers."""
     dropped = []
@@ -100,6 +128,10 @@ def run_extract(cfg) -> dict:
     n_decoded = 0
     if todo:
         start_ray(to_plain(cfg.ray))
+        import ray
+
+        check_resources(features, store_cfg, ray.cluster_resources(),
+                        local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
         ds = build_dataset(todo, features, root=root, config_hash=chash, store_cfg=store_cfg,
                            decode_resources=features["decode"].get("resources"))
         n_ok = n_failed = 0
