@@ -46,8 +46,16 @@ def start_ray(ray_cfg: dict) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"), include_dashboard=False,
-                 log_to_driver=True)
+        for attempt in (1, 2):  # a busy machine can miss Ray's start-up deadline once
+            try:
+                ray.init(num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"),
+                         include_dashboard=False, log_to_driver=True)
+                break
+            except Exception as exc:
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
+                log.warning("local Ray did not start in time (%s); retrying once", exc)
+                ray.shutdown()
     from ray.data import DataContext
 
     ctx = DataContext.get_current()

@@ -123,10 +123,12 @@ def main() -> None:
         shutil.rmtree(d)
     for d in list(tmp.glob("single_*")) + [tmp / "warm"]:
         shutil.rmtree(d, ignore_errors=True)
-    result["memory"] = [bench_memory(tmp, int(n), args.num_cpus) for n in args.sizes.split(",")]
-    result["fanout"] = bench_fanout(tmp, args.videos, args.num_cpus)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save = lambda: Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731 - partial results survive
+    result["memory"] = [bench_memory(tmp, int(n), args.num_cpus) for n in args.sizes.split(",")]
+    save()
+    result["fanout"] = bench_fanout(tmp, args.videos, args.num_cpus)
+    save()
     f = result["fanout"]
     print(f"fan-out: 1 pass x {f['k']} modalities {f['fanout']['wall_s']} s vs {f['k']} single passes "
           f"{f['single_total_wall_s']} s -> {f['speedup_single_over_fanout']}x; decodes {f['decodes_fanout']} vs "
