@@ -59,15 +59,9 @@ class DepthExtractor:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device, self.dtype, self.batch_size, local_path = hub.runtime(cfg)
-        if cfg.get("random_init"):
-            model, self.processor = build_random(cfg)
-            self.meta = hub.random_init_meta(type(model), cfg)
-        else:
-            model, self.processor, self.meta = load_pretrained(cfg, self.dtype, local_path)
-        self.model = model.to(self.device, self.dtype).eval()
-        self.meta = {**self.meta, "architecture": type(model).__name__, "dtype": str(self.dtype).removeprefix("torch."),
-                     "flip_average": bool(cfg.flip_average)}
+        self.device, self.dtype, self.batch_size, _ = hub.runtime(cfg)
+        self.model, self.processor, meta = hub.load_model(cfg, build_random, load_pretrained)
+        self.meta = {**meta, "flip_average": bool(cfg.flip_average)}
         post = inspect.signature(self.processor.post_process_depth_estimation).parameters
         # ZoeDepth's post-processing removes its reflect padding (it needs the source size) and
         # can average a flipped pass; DPT-style processors (Depth Anything) just resize.

@@ -57,21 +57,16 @@ class EncoderExtractor:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device, self.dtype, self.batch_size, local_path = hub.runtime(cfg)
-        if cfg.get("random_init"):
-            model, self.processor = build_random(cfg)
-            meta = hub.random_init_meta(type(model), cfg)
-        else:
-            model, self.processor, meta = load_pretrained(cfg, self.dtype, local_path)
-        self.model = model.to(self.device, self.dtype).eval()
+        self.device, self.dtype, self.batch_size, _ = hub.runtime(cfg)
+        self.model, self.processor, meta = hub.load_model(cfg, build_random, load_pretrained)
+        model = self.model
         self.modalities = list(cfg.modalities)
         spec = self.spec_for(cfg)["rgb"][0][1:]
         got = (self.tokens_of(model.config), model.config.hidden_size)
         if tuple(spec) != got:
             raise ValueError(f"encoder config says tokens x dim = {tuple(spec)} but the loaded model gives {got}; "
                              "fix `tokens`/`dim` in the encoder config")
-        self.meta = {**meta, "architecture": type(model).__name__, "dtype": str(self.dtype).removeprefix("torch."),
-                     "output": "encoder.last_hidden_state (before post_layernorm)",
+        self.meta = {**meta, "output": "encoder.last_hidden_state (before post_layernorm)",
                      "image_size": int(model.config.image_size), "patch_size": int(model.config.patch_size)}
 
     @staticmethod

@@ -159,3 +159,20 @@ def runtime(cfg: Any) -> tuple[torch.device, torch.dtype, int, str | None]:
     device = resolve_device(res.get("device", "auto"))
     dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
     return device, dtype, int(res.get("batch_size", 8)), res.get("local_path")
+
+
+def load_model(cfg: Any, build_random, load_pretrained) -> tuple[torch.nn.Module, Any, dict]:
+    """A stage's (model, processor) on its device in eval mode, and the provenance for model_meta.
+
+    Tiny presets (`random_init`) build seeded random weights with `build_random(cfg)`; the others
+    load by hub id or local path with `load_pretrained(cfg, dtype, local_path)`.
+    """
+    device, dtype, _, local_path = runtime(cfg)
+    if cfg.get("random_init"):
+        model, processor = build_random(cfg)
+        meta = random_init_meta(type(model), cfg)
+    else:
+        model, processor, meta = load_pretrained(cfg, dtype, local_path)
+    model = model.to(device, dtype).eval()
+    return model, processor, {**meta, "architecture": type(model).__name__,
+                              "dtype": str(dtype).removeprefix("torch.")}

@@ -84,16 +84,10 @@ class LearnedNormals:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device, self.dtype, self.batch_size, local_path = hub.runtime(cfg)
-        if cfg.get("random_init"):
-            model, self.processor = build_random(cfg)
-            meta = hub.random_init_meta(type(model), cfg)
-        else:
-            model, self.processor, meta = load_pretrained(cfg, self.dtype, local_path)
-        self.model = model.to(self.device, self.dtype).eval()
+        self.device, self.dtype, self.batch_size, _ = hub.runtime(cfg)
+        self.model, self.processor, meta = hub.load_model(cfg, build_random, load_pretrained)
         self.axes = torch.tensor([float(a) for a in cfg.axes]).view(3, 1, 1)
-        self.meta = {**meta, "architecture": type(model).__name__, "dtype": str(self.dtype).removeprefix("torch."),
-                     "axes": [float(a) for a in cfg.axes]}
+        self.meta = {**meta, "axes": [float(a) for a in cfg.axes]}
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
