@@ -17,6 +17,7 @@ CLIP_MODALITIES = ("audio", "pointcloud")
 MODALITIES = FRAME_MODALITIES + CLIP_MODALITIES
 FUSIONS = ("espresso", "concat")
 ESPRESSO_MODES = ("concat", "add")
+CHOICE_SCORING = ("letter", "option_text")
 
 # Pinned hub revisions of the full-size weights (the snapshots CREMA-grade runs were checked with).
 BLIP2_ID = "Salesforce/blip2-flan-t5-xl"
@@ -61,6 +62,7 @@ class CremaConfig:
     frame_prefix: str = "Frame {i}: "
     max_prompt_tokens: int = 77
     max_answer_tokens: int = 32
+    choice_scoring: str = "letter"    # letter: CREMA's "Option X" letter logits; option_text: rank option texts
     num_beams: int = 5
     max_new_tokens: int = 10
     # Frozen parts. pretrained=True loads them (hub id or local folder); False builds random-init
@@ -91,6 +93,8 @@ class CremaConfig:
                 f"model.fusion=espresso fuses the other modalities onto RGB's tokens, but "
                 f"model.modalities={self.modalities} has no rgb; add rgb or use model.fusion=concat"
             )
+        if self.choice_scoring not in CHOICE_SCORING:
+            raise ValueError(f"model.choice_scoring={self.choice_scoring!r}: choose from {list(CHOICE_SCORING)}")
         if self.tokenizer not in ("pretrained", "byt5"):
             raise ValueError(f"model.tokenizer={self.tokenizer!r}: choose pretrained or byt5")
         self.qformer = dict(self.qformer)

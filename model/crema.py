@@ -119,7 +119,9 @@ class Crema(nn.Module):
         """LM loss on the answer text. Only `grad_modalities` (None: all) build a graph."""
         embeds, mask = self.encoder_inputs(batch, modalities=modalities, grad_modalities=grad_modalities,
                                            lora_off=lora_off, cached=cached)
-        target = self.tokenizer(list(batch["target"]), padding="longest", truncation=True,
+        # letter scoring learns "Option X"; option_text scoring learns the answer text itself
+        texts = batch["target"] if self.config.choice_scoring == "letter" else batch["answer"]
+        target = self.tokenizer(list(texts), padding="longest", truncation=True,
                                 max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
         labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
@@ -130,8 +132,10 @@ class Crema(nn.Module):
     def predict(self, batch: dict, *, modalities=None, lora_off=()) -> list[dict]:
         """Per sample {"choice": index or None, "text": answer text}.
 
-        Multiple choice: argmax of the letter tokens' logits at the position after "Option" (T5
-        decoder fed the shared prefix), over that question's options. Open-ended: beam search.
+        Multiple choice, `choice_scoring=letter` (CREMA): argmax of the letter tokens' logits at
+        the position after "Option" (the T5 decoder is fed that prefix), over the question's
+        options. `option_text`: the option whose text is most likely as the answer (mean token
+        log-likelihood). Open-ended: beam search.
         """
         embeds, mask = self.encoder_inputs(batch, modalities=modalities, lora_off=lora_off)
         num_options = batch["num_options"].tolist()
@@ -139,10 +143,10 @@ class Crema(nn.Module):
         mc = [i for i, n in enumerate(num_options) if n > 0]
         oe = [i for i, n in enumerate(num_options) if n == 0]
         if mc:
-            start = self.llm.config.decoder_start_token_id
-            dec = torch.tensor([[start] + list(self.choice_prefix)] * len(mc), device=embeds.device)
-            logits = self.llm(inputs_embeds=embeds[mc], attention_mask=mask[mc], decoder_input_ids=dec).logits
-            scores = logits[:, -1, self.letter_ids].float()
+            if self.config.choice_scoring == "letter":
+                scores = self._letter_scores(embeds[mc], mask[mc])
+            else:
+                scores = self._option_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc])
             width = torch.arange(scores.shape[1], device=scores.device)
             counts = torch.tensor([num_options[i] for i in mc], device=scores.device)
             scores = scores.masked_fill(width[None, :] >= counts[:, None], float("-inf"))
@@ -156,17 +160,47 @@ class Crema(nn.Module):
                 out[i] = {"choice": None, "text": text.strip()}
         return out
 
+    def _letter_scores(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        start = self.llm.config.decoder_start_token_id
+        dec = torch.tensor([[start] + list(self.choice_prefix)] * embeds.shape[0], device=embeds.device)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=dec).logits
+        return logits[:, -1, self.letter_ids].float()
+
+    def _option_scores(self, embeds: torch.Tensor, mask: torch.Tensor, options: list) -> torch.Tensor:
+        """[N, max options]: mean log-likelihood of each option's text (-inf where none)."""
+        encoded = self.llm.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        pairs = [(row, k, text) for row, opts in enumerate(options) for k, text in enumerate(opts)]
+        rows = torch.tensor([p[0] for p in pairs], device=embeds.device)
+        target = self.tokenizer([p[2] for p in pairs], padding="longest", truncation=True,
+                                max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
+        labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
+        logits = self.llm(encoder_outputs=(encoded[rows],), attention_mask=mask[rows], labels=labels).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.input_ids[..., None])[..., 0]
+        keep = target.attention_mask.float()
+        mean = (logp * keep).sum(-1) / keep.sum(-1)
+        scores = torch.full((len(options), max(len(o) for o in options)), float("-inf"), device=embeds.device)
+        scores[rows, torch.tensor([p[1] for p in pairs], device=embeds.device)] = mean
+        return scores
+
 
 # ---------------------------------------------------------------------- builders
 
+# Tiny random-init parts. Two departures from the classes' defaults keep a RANDOM network usable
+# as a frozen backbone: initializer_range 0.15 (~1/sqrt(width); at BERT's 0.02 a random Q-Former's
+# cross-attention adds ~nothing to its residual stream, so its output ignores the features), and
+# no dropout inside the frozen parts (noise the trainable inputs cannot learn around).
 TINY_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                    cross_attention_frequency=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+                    cross_attention_frequency=2, initializer_range=0.15, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
 # Tied embeddings (as in the original T5) keep a random LM head's logits at unit scale.
 TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-               feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.1,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.0,
                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+# A random LLM cannot read the option list, so letter scoring stays at chance on it (measured,
+# docs/training.md); ranking the options' texts lets the demo measure what the MMQA modules learn.
 TINY = dict(pretrained=False, tokenizer="byt5", num_query_tokens=8, lora_rank=8, max_prompt_tokens=320,
-            max_answer_tokens=24, num_beams=2, max_new_tokens=24, qformer=TINY_QFORMER, t5=TINY_T5)
+            max_answer_tokens=24, num_beams=2, max_new_tokens=24, choice_scoring="option_text",
+            qformer=TINY_QFORMER, t5=TINY_T5)
 FULL = dict(pretrained=True, tokenizer="pretrained", vision_width=1408, audio_width=768)
 
 

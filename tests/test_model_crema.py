@@ -66,9 +66,8 @@ def test_multiple_choice_reads_the_letter_after_option():
     tok = ByT5Tokenizer()
     prefix, letters = choice_token_ids(tok)
     assert tok.decode(prefix) == "Option " and tok.decode(letters[:5]) == "ABCDE"
-    model = tiny().eval()
+    model = tiny(choice_scoring="letter").eval()
     batch = fake_batch()
-    batch["num_options"] = torch.tensor([2, 2])
     preds = model.predict(batch)
     assert all(p["choice"] in (0, 1) and p["text"] == ("left", "right")[p["choice"]] for p in preds)
     # the choice is the argmax of the letter logits after the teacher-forced "Option " prefix
@@ -76,6 +75,27 @@ def test_multiple_choice_reads_the_letter_after_option():
     dec = torch.tensor([[0] + prefix] * 2)
     logits = model.llm(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=dec).logits[:, -1]
     assert [p["choice"] for p in preds] == logits[:, letters[:2]].argmax(-1).tolist()
+
+
+def test_option_text_scoring_ranks_each_options_likelihood():
+    model = tiny(choice_scoring="option_text").eval()
+    batch = fake_batch()
+    batch["options"] = [("left", "right"), ("up", "down", "it does not move")]
+    batch["num_options"] = torch.tensor([2, 3])
+    preds = model.predict(batch)
+    embeds, mask = model.encoder_inputs(batch)
+    for row, opts in enumerate(batch["options"]):
+        means = []
+        for text in opts:  # one option at a time, through the plain LM loss
+            ids = model.tokenizer([text], return_tensors="pt").input_ids
+            loss = model.llm(inputs_embeds=embeds[row:row + 1], attention_mask=mask[row:row + 1], labels=ids).loss
+            means.append(-float(loss))
+        assert preds[row]["choice"] == max(range(len(opts)), key=means.__getitem__)
+        assert preds[row]["text"] == opts[preds[row]["choice"]]
+    # training targets follow the scoring: the answer text, not "Option X"
+    ids = model.tokenizer(batch["answer"], return_tensors="pt").input_ids
+    expect = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=ids).loss
+    assert torch.allclose(model(batch), expect)
 
 
 def test_open_ended_uses_beam_search_text():
