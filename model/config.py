@@ -102,8 +102,9 @@ class CremaConfig:
 
     @property
     def fused_modalities(self) -> list[str]:
-        """The modalities that go through the espresso fusion (all but RGB), in config order."""
-        if self.fusion != "espresso":
+        """The modalities that go through the espresso fusion (all but RGB), in config order;
+        none without RGB to fuse onto (a single non-RGB modality runs alone)."""
+        if self.fusion != "espresso" or "rgb" not in self.modalities:
             return []
         return [m for m in self.modalities if m != "rgb"]
 

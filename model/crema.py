@@ -185,15 +185,14 @@ class Crema(nn.Module):
 
 # ---------------------------------------------------------------------- builders
 
-# Tiny random-init parts. Two departures from the classes' defaults keep a RANDOM network usable
-# as a frozen backbone: initializer_range 0.15 (~1/sqrt(width); at BERT's 0.02 a random Q-Former's
-# cross-attention adds ~nothing to its residual stream, so its output ignores the features), and
-# no dropout inside the frozen parts (noise the trainable inputs cannot learn around).
+# Tiny random-init parts (the same values as conf/model/crema_tiny.yaml, which explains them):
+# a Q-Former whose output still depends on its input (initializer_range 0.3, cross-attention in
+# every layer), a T5 wide enough for soft tokens to steer (256), no dropout in the frozen parts.
 TINY_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                    cross_attention_frequency=2, initializer_range=0.15, hidden_dropout_prob=0.0,
+                    cross_attention_frequency=1, initializer_range=0.3, hidden_dropout_prob=0.0,
                     attention_probs_dropout_prob=0.0)
 # Tied embeddings (as in the original T5) keep a random LM head's logits at unit scale.
-TINY_T5 = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+TINY_T5 = dict(vocab_size=384, d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4,
                feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.0,
                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 # A random LLM cannot read the option list, so letter scoring stays at chance on it (measured,

@@ -1,7 +1,7 @@
 """The CREMA training recipe on cached features: setup -> train -> evaluate -> save / resume.
 
 Read top to bottom: `Trainer.__init__` sets everything up (store, questions, model, optimizer,
-resume); `train()` runs epochs of `_optimizer_step`s; `_end_epoch` validates, applies the
+resume); `train()` runs epochs of `optimizer_step`s; `_end_epoch` validates, applies the
 gradient-norm early exit and checkpoints; `test()` evaluates the best-on-validation weights on
 the test split. scripts/train.py and scripts/eval.py are thin Hydra wrappers around this.
 
@@ -273,7 +273,7 @@ class Trainer:
             group.append(batch)
             if len(group) < tc.grad_accum and st.batch + len(group) < total:
                 continue
-            losses = self._optimizer_step(group)
+            losses = self.optimizer_step(group)
             bar.update(len(group))
             bar.set_postfix(loss=f"{sum(losses.values()) / len(losses):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             group = []
@@ -286,7 +286,7 @@ class Trainer:
         bar.close()
         return False
 
-    def _optimizer_step(self, group: list[dict]) -> dict[str, float]:
+    def optimizer_step(self, group: list[dict]) -> dict[str, float]:
         tc, st = self.tc, self.state
         group = [to_device(b, self.device) for b in group]
         active = self._active()

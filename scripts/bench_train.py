@@ -77,7 +77,7 @@ def main(argv: list[str]) -> dict:
     batch = next(iter(trainer.train_loader))
     batch = to_device(batch, trainer.device)
 
-    cached = timed(lambda: trainer._optimizer_step([batch]), args.steps)
+    cached = timed(lambda: trainer.optimizer_step([batch]), args.steps)
 
     # The reference's way: the frozen encoder (the extractor's own class and config) runs inside
     # every step on each image modality's frames, then the identical optimizer step.
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> dict:
             for m in image_mods:
                 tokens = vit(pixel_values=pixels[m]).last_hidden_state
                 batch["features"][m] = tokens.reshape(*batch["features"][m].shape).to(batch["features"][m].dtype)
-        trainer._optimizer_step([batch])
+        trainer.optimizer_step([batch])
 
     with_encoder = timed(encoder_step, args.steps)
     readers = {f"workers_{w}": reader_rate(dataset, bs, w, batches=12) for w in (0, 2)}
