@@ -12,9 +12,11 @@ Flan-T5-XL, or builds them on the meta device for parameter counts.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterable
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from transformers import (Blip2QFormerConfig, Blip2QFormerModel, ByT5Tokenizer, T5Config,
                           T5ForConditionalGeneration)
@@ -185,21 +187,18 @@ class Crema(nn.Module):
 
 # ---------------------------------------------------------------------- builders
 
-# Tiny random-init parts (the same values as conf/model/crema_tiny.yaml, which explains them):
-# a Q-Former whose output still depends on its input (initializer_range 0.3, cross-attention in
-# every layer), a T5 wide enough for soft tokens to steer (256), no dropout in the frozen parts.
-TINY_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                    cross_attention_frequency=1, initializer_range=0.3, hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0)
-# Tied embeddings (as in the original T5) keep a random LM head's logits at unit scale.
-TINY_T5 = dict(vocab_size=384, d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4,
-               feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.0,
-               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-# A random LLM cannot read the option list, so letter scoring stays at chance on it (measured,
-# docs/training.md); ranking the options' texts lets the demo measure what the MMQA modules learn.
-TINY = dict(pretrained=False, tokenizer="byt5", num_query_tokens=8, lora_rank=8, max_prompt_tokens=320,
-            max_answer_tokens=24, num_beams=2, max_new_tokens=24, choice_scoring="option_text",
-            qformer=TINY_QFORMER, t5=TINY_T5)
+# The tiny preset's values live in ONE place, conf/model/crema_tiny.yaml (which explains them):
+# Hydra instantiates `crema_tiny` with them, and a direct `crema_tiny()` call reads the same file.
+TINY_YAML = Path(__file__).resolve().parent.parent / "conf" / "model" / "crema_tiny.yaml"
+
+
+def _yaml_defaults(path: Path) -> dict:
+    """A model preset's keys, minus Hydra's `_target_` and what interpolates the run's config."""
+    cfg = OmegaConf.load(path)
+    return {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "_target_" and not OmegaConf.is_interpolation(cfg, k)}
+
+
 FULL = dict(pretrained=True, tokenizer="pretrained", vision_width=1408, audio_width=768)
 
 
@@ -272,7 +271,7 @@ def _preset(defaults: dict, overrides: dict) -> CremaConfig:
 
 def crema_tiny(*, device=None, **overrides) -> Crema:
     """Random-init tiny parts of the same classes as the full preset (tests and the CPU demo)."""
-    return crema(_preset(TINY, overrides), device=device)
+    return crema(_preset(_yaml_defaults(TINY_YAML), overrides), device=device)
 
 
 def crema_full(*, device=None, **overrides) -> Crema:
