@@ -75,6 +75,14 @@ class CremaConfig:
     tokenizer: str = "pretrained"     # pretrained: the T5 checkpoint's; byt5: transformers' ByT5Tokenizer
     qformer: dict[str, Any] = field(default_factory=lambda: dict(FULL_QFORMER))
     t5: dict[str, Any] = field(default_factory=lambda: dict(FULL_T5))
+    # Random-init presets only: a safetensors file of T5 weights to load into the `t5` architecture
+    # (the stand-in LLM the trainer builds when standin.enabled; model/standin.py).
+    t5_weights: str | None = None
+    # tokenizer=byt5 only: phrases spelled as ONE token each (a subword vocabulary's common words);
+    # answer_tokens=true makes the trainer fill it with the train split's distinct answers.
+    phrase_tokens: list[str] = field(default_factory=list)
+    answer_tokens: bool = False
+    standin: dict[str, Any] = field(default_factory=dict)  # model/standin.py StandinConfig
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -99,6 +107,14 @@ class CremaConfig:
             raise ValueError(f"model.tokenizer={self.tokenizer!r}: choose pretrained or byt5")
         self.qformer = dict(self.qformer)
         self.t5 = dict(self.t5)
+        self.standin = dict(self.standin)
+        self.phrase_tokens = list(self.phrase_tokens)
+        if (self.phrase_tokens or self.answer_tokens) and self.tokenizer != "byt5":
+            raise ValueError("model.phrase_tokens / model.answer_tokens extend the byt5 tokenizer; "
+                             f"model.tokenizer={self.tokenizer!r} has its own vocabulary")
+        if self.pretrained and (self.t5_weights or self.standin.get("enabled")):
+            raise ValueError("model.t5_weights / model.standin are for random-init presets (pretrained=false); "
+                             "a pretrained preset loads model.t5_model")
 
     @property
     def fused_modalities(self) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Iterable
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from transformers import (Blip2QFormerConfig, Blip2QFormerModel, ByT5Tokenizer, T5Config,
+from transformers import (Blip2QFormerConfig, Blip2QFormerModel, T5Config,
                           T5ForConditionalGeneration)
 
 from extractors.hub import seeded
@@ -26,6 +26,7 @@ from model.config import CremaConfig
 from model.fusion import EspressoFusion, assemble
 from model.mmqa import MMQA
 from model.prompts import choice_token_ids
+from model.standin import load_standin, phrase_tokenizer
 
 
 class Crema(nn.Module):
@@ -195,7 +196,7 @@ TINY_YAML = Path(__file__).resolve().parent.parent / "conf" / "model" / "crema_t
 def _yaml_defaults(path: Path) -> dict:
     """A model preset's keys, minus Hydra's `_target_` and what interpolates the run's config."""
     cfg = OmegaConf.load(path)
-    return {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in cfg if k != "_target_" and not OmegaConf.is_interpolation(cfg, k)}
 
 
@@ -230,9 +231,12 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
 def _random_frozen(config: CremaConfig):
     qformer = Blip2QFormerModel(Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": config.vision_width}))
     llm = T5ForConditionalGeneration(T5Config(**config.t5))
-    tokenizer = ByT5Tokenizer() if config.tokenizer == "byt5" else None
+    if config.t5_weights:
+        load_standin(llm, Path(config.t5_weights))
+    tokenizer = phrase_tokenizer(config.phrase_tokens) if config.tokenizer == "byt5" else None
     if tokenizer is not None and len(tokenizer) > llm.config.vocab_size:
-        raise ValueError(f"model.t5.vocab_size={llm.config.vocab_size} < the ByT5 tokenizer's {len(tokenizer)}")
+        raise ValueError(f"model.t5.vocab_size={llm.config.vocab_size} < the tokenizer's {len(tokenizer)} tokens "
+                         f"(ByT5's 384 + {len(config.phrase_tokens)} phrase tokens): raise model.t5.vocab_size")
     return qformer.eval(), llm.eval(), tokenizer, None
 
 
@@ -243,7 +247,7 @@ def _load_frozen(config: CremaConfig):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     llm, tokenizer = load_t5(config.t5_model, config.t5_revision, dtype)
     if config.tokenizer == "byt5":
-        tokenizer = ByT5Tokenizer()
+        tokenizer = phrase_tokenizer(config.phrase_tokens)
     return qformer.eval(), llm.eval(), tokenizer, init
 
 

@@ -33,7 +33,8 @@ from model.crema import Crema, crema
 from model.data import DataConfig, EpochSampler, QADataset, collate, to_device
 from model.metrics import chance_level, qtype_table, score, summarize
 from model.optim import build_optimizer, grad_norm, should_exit
-from model.prompts import PromptConfig
+from model.prompts import PromptConfig, option_target, prompt_text, target_text
+from model.standin import StandinConfig, phrase_tokenizer, standin_weights
 from model.report import MetricsLog, plot_curves
 from pipeline.config import config_hash
 from pipeline.datasets import load_dataset
@@ -151,6 +152,9 @@ class Trainer:
         if self.tc.num_threads:
             torch.set_num_threads(self.tc.num_threads)
         torch.manual_seed(cfg.seed)
+        # denormal floats slow CPU steps down as training goes; flushed in every run, so that a
+        # resumed run computes exactly what a straight one does
+        torch.set_flush_denormal(True)
         self.store = open_store(cfg)
         self.model = self._build_model()
         self.model.to(self.device)
@@ -181,7 +185,35 @@ class Trainer:
             given = self.cfg.model.get(key)
             if given is not None and given != value:
                 raise ValueError(f"model.{key}={given} but the store's features are {value} wide ({self.cfg.store})")
-        return instantiate(self.cfg.model, **widths, _convert_="all")
+        mc = self.cfg.model
+        standin = mc.get("standin", {}).get("enabled") and not mc.get("t5_weights")
+        if mc.get("answer_tokens") or standin:
+            records = self._text_records()
+        if mc.get("answer_tokens") and not mc.get("phrase_tokens"):
+            widths["phrase_tokens"] = sorted({r["answer"] for r in records})
+        if standin:
+            tok = phrase_tokenizer(list(widths.get("phrase_tokens", mc.get("phrase_tokens") or [])))
+            cfg = StandinConfig(**OmegaConf.to_container(mc.standin, resolve=True))
+            path = standin_weights(OmegaConf.to_container(mc.t5, resolve=True), records, cfg, tok, seed=mc.seed)
+            widths["t5_weights"] = str(path.resolve())
+        return instantiate(mc, **widths, _convert_="all")
+
+    def _text_records(self) -> list[dict]:
+        """The train split's questions as text only (prompt, options, answer, loss target): what the
+        stand-in LLM and the answer tokens are built from. No features, no val/test."""
+        mc = self.cfg.model
+        prompt = PromptConfig(**OmegaConf.to_container(self.tc.prompt, resolve=True))
+        letter = mc.choice_scoring == "letter"
+        records = []
+        for r in load_dataset(self.cfg.dataset).qa.get("train", []):
+            records.append({
+                "prompt": prompt_text(r, prompt), "options": list(r.options), "answer": r.answer,
+                "target": target_text(r) if letter else r.answer,
+                "candidates": [option_target(i) if letter else o for i, o in enumerate(r.options)],
+                "answer_idx": -1 if r.answer_idx is None else r.answer_idx})
+        if not records:
+            raise ValueError(f"dataset {self.cfg.dataset.name}: no training questions to build the stand-in LLM from")
+        return records
 
     def _resume_config(self) -> dict:
         trainer = OmegaConf.to_container(self.tc, resolve=True)

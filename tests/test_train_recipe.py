@@ -33,7 +33,8 @@ def compose_train(tmp: Path, *overrides: str):
             "dataset.val_from_train=null", f"dataset.modalities=[{','.join(MODS)}]",
             "features=tiny", f"store={tmp}/store", f"run_dir={tmp}/run", "trainer.batch_size=4",
             "trainer.eval_batch_size=8", "trainer.epochs=2", "trainer.warmup_steps=2", "trainer.data.num_workers=0",
-            "trainer.log_every=1", "model.num_frames=3", *overrides])
+            "trainer.log_every=1", "model.num_frames=3", "model.standin.enabled=false",
+            f"model.standin.cache_dir={tmp}/backbones", *overrides])
 
 
 def write_fixture(tmp: Path, cfg, *, videos: int = 12, lacking: dict | None = None) -> None:
@@ -213,3 +214,36 @@ def test_resume_refuses_a_run_with_other_settings(setup):
     Trainer(cfg).train()
     with pytest.raises(checkpoint.CheckpointError, match="trainer"):
         Trainer(compose_train(Path(cfg.store).parent, "trainer.max_steps=2", "trainer.lr=0.5"))
+
+
+def test_trainer_builds_caches_and_loads_the_standin_llm(setup, monkeypatch):
+    on = ("model.standin.enabled=true", "model.standin.steps=2", "model.standin.batch_size=2",
+          "model.answer_tokens=true", "model.t5.vocab_size=400")
+    cfg = setup(*on, "trainer.epochs=1", "trainer.max_steps=1")
+    trainer = Trainer(cfg)
+    mc = trainer.model.config
+    assert mc.phrase_tokens == ["blue", "green", "red"]  # the train split's answers, sorted
+    tok = trainer.model.tokenizer
+    assert tok("red", add_special_tokens=False).input_ids == [tok.convert_tokens_to_ids("red")]
+    path = Path(mc.t5_weights)
+    assert path.is_file() and path.parent == Path(cfg.model.standin.cache_dir).resolve()
+    saved = load_file(str(path))
+    llm = trainer.model.llm.state_dict()
+    assert all(torch.equal(llm[k], v) for k, v in saved.items())
+    summary = json.loads(path.with_suffix(".json").read_text())
+    assert summary["steps"] == 2 and set(summary["heldout"]) == {"with_answer", "without_answer"}
+    trainer.train()
+
+    import model.standin as standin
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached stand-in was trained again")
+    monkeypatch.setattr(standin, "train_standin", no_training)
+    again = Trainer(compose_train(Path(cfg.store).parent, *on, "trainer.epochs=1", "trainer.max_steps=1"))
+    assert again.model.config.t5_weights == str(path)  # same settings: the cache, and the resume check passes
+    best = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "last")
+    model, _ = load_for_eval(best, torch.device("cpu"))
+    assert all(torch.equal(model.llm.state_dict()[k], v) for k, v in saved.items())
+    path.unlink()
+    with pytest.raises(ValueError, match="stand-in LLM that `make train` trains"):
+        load_for_eval(best, torch.device("cpu"))
