@@ -24,6 +24,7 @@ from transformers import (Blip2QFormerConfig, Blip2QFormerModel, T5Config,
 from extractors.hub import seeded
 from model.config import CremaConfig
 from model.fusion import EspressoFusion, assemble
+from model.metrics import mean_token_logprob
 from model.mmqa import MMQA
 from model.prompts import choice_token_ids
 from model.standin import load_standin, phrase_tokenizer
@@ -178,9 +179,7 @@ class Crema(nn.Module):
                                 max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
         labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
         logits = self.llm(encoder_outputs=(encoded[rows],), attention_mask=mask[rows], labels=labels).logits
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.input_ids[..., None])[..., 0]
-        keep = target.attention_mask.float()
-        mean = (logp * keep).sum(-1) / keep.sum(-1)
+        mean = mean_token_logprob(logits, target.input_ids, target.attention_mask)
         scores = torch.full((len(options), max(len(o) for o in options)), float("-inf"), device=embeds.device)
         scores[rows, torch.tensor([p[1] for p in pairs], device=embeds.device)] = mean
         return scores

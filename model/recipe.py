@@ -194,7 +194,7 @@ class Trainer:
         if standin:
             tok = phrase_tokenizer(list(widths.get("phrase_tokens", mc.get("phrase_tokens") or [])))
             cfg = StandinConfig(**OmegaConf.to_container(mc.standin, resolve=True))
-            path = standin_weights(OmegaConf.to_container(mc.t5, resolve=True), records, cfg, tok, seed=mc.seed)
+            path = standin_weights(OmegaConf.to_container(mc.t5, resolve=True), records, cfg, tok)
             widths["t5_weights"] = str(path.resolve())
         return instantiate(mc, **widths, _convert_="all")
 

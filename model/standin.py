@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -40,6 +39,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import AddedToken, ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+from model.metrics import mean_token_logprob
+from model.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -110,26 +112,19 @@ def phrase_tokenizer(phrases: Sequence[str] = ()) -> ByT5Tokenizer:
 
 
 def train_standin(t5_config: dict, records: Sequence[dict], cfg: StandinConfig, tok: ByT5Tokenizer, *,
-                  seed: int = 0, progress: bool = True) -> tuple[dict, dict]:
-    """(state_dict, summary) of a T5 trained on the reading task. Deterministic for a seed on one
-    machine (CPU)."""
+                  progress: bool = True) -> tuple[dict, dict]:
+    """(state_dict, summary) of a T5 trained on the reading task. Deterministic for `cfg.seed` on one
+    machine (CPU); the same seed draws the corpus and the initial weights."""
     if not records:
         raise ValueError("the stand-in LLM needs training questions; the train split has none")
     rng = random.Random(cfg.seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     # Without this, denormal floats make CPU steps slower as training goes (measured 0.9 -> 2.3 s/step).
     torch.set_flush_denormal(True)
     model = T5ForConditionalGeneration(T5Config(**t5_config))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = build_optimizer(dict(model.named_parameters()), lr=cfg.lr, min_lr=0.05 * cfg.lr, weight_decay=0.0,
+                                 betas=(0.9, 0.999), warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
     base = len(ByT5Tokenizer())  # ids from here on are phrase tokens
     losses = []
     start = time.time()
@@ -182,16 +177,13 @@ def reading_accuracy(model, tok, records, cfg: StandinConfig, count: int = 200) 
             tgt = tok(cands, padding="longest", return_tensors="pt")
             labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
             logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).logits
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, tgt.input_ids[..., None])[..., 0]
-            keep = tgt.attention_mask.float()
-            score = (logp * keep).sum(-1) / keep.sum(-1)
+            score = mean_token_logprob(logits, tgt.input_ids, tgt.attention_mask)
             right += int(int(score.argmax()) == r["answer_idx"])
         out[name] = round(100.0 * right / count, 1)
     return out
 
 
-def standin_weights(t5_config: dict, records: Sequence[dict], cfg: StandinConfig, tok: ByT5Tokenizer, *,
-                    seed: int = 0) -> Path:
+def standin_weights(t5_config: dict, records: Sequence[dict], cfg: StandinConfig, tok: ByT5Tokenizer) -> Path:
     """The cached stand-in weights (a safetensors file), trained first if not cached yet."""
     key = fingerprint(t5_config, records, cfg, tok)
     root = Path(cfg.cache_dir)
@@ -200,7 +192,7 @@ def standin_weights(t5_config: dict, records: Sequence[dict], cfg: StandinConfig
         return path
     root.mkdir(parents=True, exist_ok=True)
     log.info("training the stand-in LLM (%d steps; cached as %s)", cfg.steps, path)
-    state, summary = train_standin(t5_config, records, cfg, tok, seed=seed)
+    state, summary = train_standin(t5_config, records, cfg, tok)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(state, str(tmp), metadata={"summary": json.dumps(summary)})
     tmp.replace(path)
