@@ -18,6 +18,7 @@ MODALITIES = FRAME_MODALITIES + CLIP_MODALITIES
 FUSIONS = ("espresso", "concat")
 ESPRESSO_MODES = ("concat", "add")
 CHOICE_SCORING = ("letter", "option_text")
+LOSSES = ("lm", "options")
 
 # Pinned hub revisions of the full-size weights (the snapshots CREMA-grade runs were checked with).
 BLIP2_ID = "Salesforce/blip2-flan-t5-xl"
@@ -63,6 +64,10 @@ class CremaConfig:
     max_prompt_tokens: int = 77
     max_answer_tokens: int = 32
     choice_scoring: str = "letter"    # letter: CREMA's "Option X" letter logits; option_text: rank option texts
+    # lm: CREMA's LM loss on the target text over the whole vocabulary. options (option_text only):
+    # cross-entropy over the question's options ranked by their mean token log-likelihood (rank
+    # classification); open-ended questions keep the LM loss.
+    loss: str = "lm"
     num_beams: int = 5
     max_new_tokens: int = 10
     # Frozen parts. pretrained=True loads them (hub id or local folder); False builds random-init
@@ -103,6 +108,11 @@ class CremaConfig:
             )
         if self.choice_scoring not in CHOICE_SCORING:
             raise ValueError(f"model.choice_scoring={self.choice_scoring!r}: choose from {list(CHOICE_SCORING)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"model.loss={self.loss!r}: choose from {list(LOSSES)}")
+        if self.loss == "options" and self.choice_scoring != "option_text":
+            raise ValueError("model.loss=options ranks the options' texts: it needs model.choice_scoring=option_text "
+                             "(letter scoring learns the \"Option X\" target with model.loss=lm)")
         if self.tokenizer not in ("pretrained", "byt5"):
             raise ValueError(f"model.tokenizer={self.tokenizer!r}: choose pretrained or byt5")
         self.qformer = dict(self.qformer)

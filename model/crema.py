@@ -120,12 +120,32 @@ class Crema(nn.Module):
 
     def forward(self, batch: dict, *, grad_modalities: Iterable[str] | None = None, modalities=None,
                 lora_off=(), cached=None) -> torch.Tensor:
-        """LM loss on the answer text. Only `grad_modalities` (None: all) build a graph."""
+        """The training loss (`config.loss`). Only `grad_modalities` (None: all) build a graph.
+
+        lm: LM loss on the target text. options: cross-entropy over each multiple-choice question's
+        options, scored as `predict` ranks them (mean token log-likelihood); open-ended questions
+        in the batch keep the LM loss, and the two are averaged over the batch's questions.
+        """
         embeds, mask = self.encoder_inputs(batch, modalities=modalities, grad_modalities=grad_modalities,
                                            lora_off=lora_off, cached=cached)
+        if self.config.loss == "options":
+            num_options = batch["num_options"].tolist()
+            mc = [i for i, n in enumerate(num_options) if n > 0]
+            oe = [i for i, n in enumerate(num_options) if n == 0]
+            total = embeds.new_zeros(())
+            if mc:
+                scores = self._option_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc])
+                target = torch.as_tensor(batch["answer_idx"], device=embeds.device)[mc].long()
+                total = total + nn.functional.cross_entropy(scores, target, reduction="sum")
+            if oe:
+                total = total + self._lm_loss(embeds[oe], mask[oe], [batch["answer"][i] for i in oe]) * len(oe)
+            return total / len(num_options)
         # letter scoring learns "Option X"; option_text scoring learns the answer text itself
         texts = batch["target"] if self.config.choice_scoring == "letter" else batch["answer"]
-        target = self.tokenizer(list(texts), padding="longest", truncation=True,
+        return self._lm_loss(embeds, mask, list(texts))
+
+    def _lm_loss(self, embeds: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        target = self.tokenizer(texts, padding="longest", truncation=True,
                                 max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
         labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
@@ -158,8 +178,12 @@ class Crema(nn.Module):
                 choice = int(scores[row].argmax())
                 out[i] = {"choice": choice, "text": batch["options"][i][choice]}
         if oe:
+            # ids the tokenizer cannot spell (a random preset's vocabulary rounded up past its
+            # tokenizer) are never generated
+            unused = list(range(len(self.tokenizer), self.llm.config.vocab_size))
             gen = self.llm.generate(inputs_embeds=embeds[oe], attention_mask=mask[oe], do_sample=False,
-                                    num_beams=self.config.num_beams, max_new_tokens=self.config.max_new_tokens)
+                                    num_beams=self.config.num_beams, max_new_tokens=self.config.max_new_tokens,
+                                    suppress_tokens=unused or None)
             for i, text in zip(oe, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[i] = {"choice": None, "text": text.strip()}
         return out

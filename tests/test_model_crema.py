@@ -66,7 +66,7 @@ def test_multiple_choice_reads_the_letter_after_option():
     tok = ByT5Tokenizer()
     prefix, letters = choice_token_ids(tok)
     assert tok.decode(prefix) == "Option " and tok.decode(letters[:5]) == "ABCDE"
-    model = tiny(choice_scoring="letter").eval()
+    model = tiny(choice_scoring="letter", loss="lm").eval()
     batch = fake_batch()
     preds = model.predict(batch)
     assert all(p["choice"] in (0, 1) and p["text"] == ("left", "right")[p["choice"]] for p in preds)
@@ -78,7 +78,7 @@ def test_multiple_choice_reads_the_letter_after_option():
 
 
 def test_option_text_scoring_ranks_each_options_likelihood():
-    model = tiny(choice_scoring="option_text").eval()
+    model = tiny(choice_scoring="option_text", loss="lm").eval()
     batch = fake_batch()
     batch["options"] = [("left", "right"), ("up", "down", "it does not move")]
     batch["num_options"] = torch.tensor([2, 3])
@@ -96,6 +96,34 @@ def test_option_text_scoring_ranks_each_options_likelihood():
     ids = model.tokenizer(batch["answer"], return_tensors="pt").input_ids
     expect = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=ids).loss
     assert torch.allclose(model(batch), expect)
+
+
+def test_options_loss_is_cross_entropy_over_the_ranked_options_and_lm_for_open_ended():
+    model = tiny(choice_scoring="option_text", loss="options").eval()
+    batch = fake_batch(b=3)
+    batch["options"] = [("left", "right"), ("up", "down", "it does not move"), ()]
+    batch["num_options"] = torch.tensor([2, 3, 0])
+    batch["answer_idx"] = torch.tensor([1, 2, -1])
+    batch["answer"] = ["right", "it does not move", "a dog"]
+    embeds, mask = model.encoder_inputs(batch)
+    terms = []
+    for row in (0, 1):  # the options' mean token log-likelihoods, as predict ranks them
+        means = []
+        for text in batch["options"][row]:
+            ids = model.tokenizer([text], return_tensors="pt").input_ids
+            means.append(-model.llm(inputs_embeds=embeds[row:row + 1], attention_mask=mask[row:row + 1], labels=ids).loss)
+        logp = torch.log_softmax(torch.stack(means), dim=0)
+        terms.append(-logp[int(batch["answer_idx"][row])])
+    ids = model.tokenizer(["a dog"], return_tensors="pt").input_ids  # open-ended: the LM loss on its answer
+    terms.append(model.llm(inputs_embeds=embeds[2:], attention_mask=mask[2:], labels=ids).loss)
+    loss = model(batch)
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    loss.backward()  # the loss reaches the trainable parts
+    assert all(p.grad is not None for p in model.mmqa.heads["rgb"].parameters())
+    with pytest.raises(ValueError, match="option_text"):
+        CremaConfig(choice_scoring="letter", loss="options")
+    with pytest.raises(ValueError, match="model.loss"):
+        CremaConfig(loss="hinge")
 
 
 def test_open_ended_uses_beam_search_text():

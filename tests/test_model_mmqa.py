@@ -28,7 +28,8 @@ def fake_batch(mods=MODS, b=2, t=4, seed=0):
     batch = {"features": feats, "masks": {}, "xyz": {},
              "present": {m: torch.ones(b, dtype=torch.bool) for m in mods},
              "prompt": ["Question: which way? Option A: left Option B: right"] * b,
-             "target": ["Option B"] * b, "answer": ["right"] * b, "num_options": torch.tensor([2] * b),
+             "target": ["Option B"] * b, "answer": ["right"] * b, "answer_idx": torch.tensor([1] * b),
+             "num_options": torch.tensor([2] * b),
              "options": [("left", "right")] * b}
     if "pointcloud" in mods:
         feats["pointcloud"] = torch.randn(b, 30, VISION, generator=g)
