@@ -62,9 +62,6 @@ class StandinConfig:
     max_repeats: int = 2       # each phrase stands 1..max_repeats times (a frame has several soft tokens)
     embed_noise: float = 0.3   # Gaussian noise on phrase-token embeddings (x their std): soft tokens are never exact
     frame_prefix: str = "Frame {i}: "
-    # answer: the target is the question's answer (read the question, pick its phrase);
-    # present: the target is any phrase of the context (copy; the option ranking picks among them)
-    target: str = "answer"
     seed: int = 0
     cache_dir: str = "outputs/backbones"
 
@@ -83,18 +80,14 @@ def make_examples(records: Sequence[dict], cfg: StandinConfig, count: int,
         pool = [a for a in answers if a not in own]
         k = rng.randint(1, cfg.max_phrases)
         phrases = rng.sample(pool, min(k - 1, len(pool)))
-        told = rng.random() >= cfg.p_no_answer
-        if told:
+        if rng.random() >= cfg.p_no_answer:
             phrases.append(r["answer"])
         elif pool:
             phrases.append(rng.choice(pool))
-        target = r["target"]
-        if cfg.target == "present" and told:
-            target = rng.choice(phrases)
         rng.shuffle(phrases)
         context = " ".join(cfg.frame_prefix.format(i=i + 1) + " ".join([p] * rng.randint(1, cfg.max_repeats))
                            for i, p in enumerate(phrases))
-        out.append((f"{context} {r['prompt']}", target))
+        out.append((f"{context} {r['prompt']}", r["target"]))
     return out
 
 

@@ -81,3 +81,9 @@ def test_eval_composes_subsets_and_matches_training(trained):
     assert plain["summary"]["n"] == final_val["n"] > 0
     predictions = {r["label"]: [q["choice"] for q in r["rows"]] for r in out["results"]}
     assert len({tuple(v) for v in predictions.values()}) > 1  # the subsets really change the inputs
+    # it learns the task, not just a lower loss: the sound questions are answered from the audio
+    # above chance and better than without audio (3 epochs on 36 videos; measured 3/5 vs 1/5)
+    sound = {r["label"]: [q["strict"] for q in r["rows"] if q["qtype"] == "sound"] for r in out["results"]}
+    with_audio, without = sound["rgb+audio"], sound["rgb"]
+    print("val sound accuracy, rgb+audio vs rgb:", with_audio, without)
+    assert len(with_audio) >= 3 and sum(with_audio) / len(with_audio) > max(0.2, sum(without) / len(without))
