@@ -135,7 +135,7 @@ class Crema(nn.Module):
             total = embeds.new_zeros(())
             if mc:
                 scores = self._option_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc])
-                target = torch.as_tensor(batch["answer_idx"], device=embeds.device)[mc].long()
+                target = batch["answer_idx"][mc].to(embeds.device).long()
                 total = total + nn.functional.cross_entropy(scores, target, reduction="sum")
             if oe:
                 total = total + self._lm_loss(embeds[oe], mask[oe], [batch["answer"][i] for i in oe]) * len(oe)
@@ -144,10 +144,14 @@ class Crema(nn.Module):
         texts = batch["target"] if self.config.choice_scoring == "letter" else batch["answer"]
         return self._lm_loss(embeds, mask, list(texts))
 
-    def _lm_loss(self, embeds: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    def _targets(self, texts: list[str], device: torch.device):
+        """(tokenised texts, labels with padding as -100) for teacher forcing."""
         target = self.tokenizer(texts, padding="longest", truncation=True,
-                                max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
-        labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
+                                max_length=self.config.max_answer_tokens, return_tensors="pt").to(device)
+        return target, target.input_ids.masked_fill(target.attention_mask == 0, -100)
+
+    def _lm_loss(self, embeds: torch.Tensor, mask: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        target, labels = self._targets(texts, embeds.device)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                        decoder_attention_mask=target.attention_mask)
         return out.loss
@@ -199,9 +203,7 @@ class Crema(nn.Module):
         encoded = self.llm.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         pairs = [(row, k, text) for row, opts in enumerate(options) for k, text in enumerate(opts)]
         rows = torch.tensor([p[0] for p in pairs], device=embeds.device)
-        target = self.tokenizer([p[2] for p in pairs], padding="longest", truncation=True,
-                                max_length=self.config.max_answer_tokens, return_tensors="pt").to(embeds.device)
-        labels = target.input_ids.masked_fill(target.attention_mask == 0, -100)
+        target, labels = self._targets([p[2] for p in pairs], embeds.device)
         logits = self.llm(encoder_outputs=(encoded[rows],), attention_mask=mask[rows], labels=labels).logits
         mean = mean_token_logprob(logits, target.input_ids, target.attention_mask)
         scores = torch.full((len(options), max(len(o) for o in options)), float("-inf"), device=embeds.device)

@@ -74,8 +74,9 @@ def feature_widths(store: FeatureStore) -> dict:
 
 
 def split_datasets(cfg: DictConfig, store: FeatureStore, modalities: list[str], num_frames: int,
-                   splits=("train", "val", "test")) -> dict[str, QADataset]:
-    index = load_dataset(cfg.dataset)
+                   splits=("train", "val", "test"), index=None) -> dict[str, QADataset]:
+    """QADatasets per split; `index`: the dataset's loaded annotations (None: load them)."""
+    index = index if index is not None else load_dataset(cfg.dataset)
     data = DataConfig(**OmegaConf.to_container(cfg.trainer.data, resolve=True))
     prompt = PromptConfig(**OmegaConf.to_container(cfg.trainer.prompt, resolve=True))
     return {s: QADataset(store, index.qa.get(s, []), modalities, num_frames=num_frames, train=s == "train",
@@ -156,10 +157,11 @@ class Trainer:
         # resumed run computes exactly what a straight one does
         torch.set_flush_denormal(True)
         self.store = open_store(cfg)
+        self.index = load_dataset(cfg.dataset)  # read once: the model's answer tokens and the data use it
         self.model = self._build_model()
         self.model.to(self.device)
         self.modalities = self.model.modalities
-        self.data = split_datasets(cfg, self.store, self.modalities, self.model.config.num_frames)
+        self.data = split_datasets(cfg, self.store, self.modalities, self.model.config.num_frames, index=self.index)
         if not self.data["train"].records:
             raise ValueError(f"dataset {cfg.dataset.name}: no training questions with features in {cfg.store}")
         if not self.data["val"].records:
@@ -205,14 +207,12 @@ class Trainer:
         prompt = PromptConfig(**OmegaConf.to_container(self.tc.prompt, resolve=True))
         letter = mc.choice_scoring == "letter"
         records = []
-        for r in load_dataset(self.cfg.dataset).qa.get("train", []):
+        for r in self.index.qa.get("train", []):
             records.append({
                 "prompt": prompt_text(r, prompt), "options": list(r.options), "answer": r.answer,
                 "target": target_text(r) if letter else r.answer,
                 "candidates": [option_target(i) if letter else o for i, o in enumerate(r.options)],
                 "answer_idx": -1 if r.answer_idx is None else r.answer_idx})
-        if not records:
-            raise ValueError(f"dataset {self.cfg.dataset.name}: no training questions to build the stand-in LLM from")
         return records
 
     def _resume_config(self) -> dict:
