@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from core.hub import seeded, snapshot
+from core.util import to_plain
 from extractors import hub
 
 
@@ -57,11 +59,11 @@ def build_random(cfg):
     """Random-init ASTModel for `chunk_frames`-frame inputs (tiny presets)."""
     from transformers import ASTConfig, ASTModel
 
-    kwargs = hub.plain(cfg.random_init)["model"]
+    kwargs = to_plain(cfg.random_init)["model"]
     config = ASTConfig(**kwargs, hidden_size=int(cfg.dim), num_mel_bins=int(cfg.num_mel_bins),
                        max_length=int(cfg.chunk_frames), patch_size=int(cfg.patch_size),
                        frequency_stride=int(cfg.frequency_stride), time_stride=int(cfg.time_stride))
-    with hub.seeded(cfg.seed):
+    with seeded(cfg.seed):
         return ASTModel(config)
 
 
@@ -69,7 +71,7 @@ def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None):
     """The AST checkpoint (hub or local), its position embeddings fitted to `chunk_frames`."""
     from transformers import ASTModel
 
-    snap = hub.snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
+    snap = snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
                         config_key="features.extractors.audio.resources.local_path")
     # A classification checkpoint: ASTModel strips its `audio_spectrogram_transformer.` prefix.
     source = ASTModel.from_pretrained(snap.path, dtype=torch.float32)
@@ -119,12 +121,8 @@ class AudioExtractor:
         from transformers import ASTFeatureExtractor
 
         self.cfg = cfg
-        self.device, self.dtype, _, local_path = hub.runtime(cfg)
-        if cfg.get("random_init"):
-            model = build_random(cfg)
-            meta = hub.random_init_meta(type(model), cfg)
-        else:
-            model, meta = load_pretrained(cfg, self.dtype, local_path)
+        self.device, self.dtype, _, _ = hub.runtime(cfg)
+        model, meta = hub.build_or_load(cfg, build_random, load_pretrained)
         self.model = model.to(self.device, self.dtype).eval()
         # The model's own front end, set to the chunk length and this config's statistics. Its
         # numpy path warns that Kaldi's 128-bin mel bank has an empty low filter: that is the

@@ -17,6 +17,8 @@ import inspect
 import numpy as np
 import torch
 
+from core.hub import seeded, snapshot
+from core.util import to_plain
 from extractors import hub, render
 
 
@@ -29,29 +31,29 @@ def build_random(cfg) -> tuple[torch.nn.Module, object]:
     import transformers
     from transformers import AutoConfig, AutoModelForDepthEstimation
 
-    spec = hub.plain(cfg.random_init)
+    spec = to_plain(cfg.random_init)
     kwargs = dict(spec["model"])
     model_type = kwargs.pop("model_type")
     backbone = kwargs.pop("backbone_config", None)
     if backbone is not None:
         kwargs["backbone_config"] = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
     config = AutoConfig.for_model(model_type, **kwargs)
-    with hub.seeded(cfg.seed):
+    with seeded(cfg.seed):
         model = AutoModelForDepthEstimation.from_config(config)
     processor = getattr(transformers, spec["processor_class"])(**spec["processor"])
     return model, processor
 
 
-def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None) -> tuple[torch.nn.Module, object, dict]:
+def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None) -> tuple[tuple[torch.nn.Module, object], dict]:
     """The configured hub (or local) checkpoint, its own image processor, and its model_meta."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    snap = hub.snapshot(cfg.model_id, cfg.revision, local_path,
+    snap = snapshot(cfg.model_id, cfg.revision, local_path,
                         allow_patterns=["*.json", "*.safetensors"],
                         config_key="features.extractors.depth.resources.local_path")
     model = AutoModelForDepthEstimation.from_pretrained(snap.path, dtype=dtype)
     processor = AutoImageProcessor.from_pretrained(snap.path)
-    return model, processor, snap.meta()
+    return (model, processor), snap.meta()
 
 
 class DepthExtractor:

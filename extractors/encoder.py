@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.hub import seeded, snapshot
+from core.util import to_plain
 from extractors import hub
 
 
@@ -27,29 +29,29 @@ def build_random(cfg) -> tuple[torch.nn.Module, object]:
     """Random-init Blip2VisionModel + BlipImageProcessor from `cfg.random_init` (tiny presets)."""
     from transformers import Blip2VisionConfig, Blip2VisionModel, BlipImageProcessor
 
-    spec = hub.plain(cfg.random_init)
+    spec = to_plain(cfg.random_init)
     config = Blip2VisionConfig(**spec["model"])
-    with hub.seeded(cfg.seed):
+    with seeded(cfg.seed):
         model = Blip2VisionModel(config)
     size = config.image_size
     processor = BlipImageProcessor(size={"height": size, "width": size}, **spec.get("processor", {}))
     return model, processor
 
 
-def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None) -> tuple[torch.nn.Module, object, dict]:
+def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None) -> tuple[tuple[torch.nn.Module, object], dict]:
     """The vision tower of a full BLIP-2 checkpoint (hub or local), without its Q-Former and LLM.
 
-    The checkpoint is a Blip2ForConditionalGeneration: the vision weights sit under
-    `vision_model.` (cfg.weights_prefix), which key_mapping strips; the rest is ignored.
+    A Blip2ForConditionalGeneration checkpoint keeps the vision weights under `vision_model.`,
+    which key_mapping strips (a plain Blip2VisionModel checkpoint has no prefix and loads as it
+    is); the rest is ignored.
     """
     from transformers import Blip2VisionModel, BlipImageProcessor
 
-    snap = hub.snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
+    snap = snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
                         config_key="features.extractors.encoder.resources.local_path")
-    prefix = cfg.weights_prefix.replace(".", r"\.")
-    model = Blip2VisionModel.from_pretrained(snap.path, dtype=dtype, key_mapping={f"^{prefix}": ""})
+    model = Blip2VisionModel.from_pretrained(snap.path, dtype=dtype, key_mapping={r"^vision_model\.": ""})
     processor = BlipImageProcessor.from_pretrained(snap.path)
-    return model, processor, snap.meta()
+    return (model, processor), snap.meta()
 
 
 class EncoderExtractor:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.hub import ModelUnavailableError, seeded
+from core.util import to_plain
 from extractors import hub, render
 
 
@@ -30,7 +32,7 @@ class FarnebackBackend:
     def __init__(self, cfg, device, dtype):
         self.params = dict(cfg.farneback)
         self.meta = {"model_id": "opencv:calcOpticalFlowFarneback", "revision": None,
-                     "resolved_revision": None, "source": "opencv", "params": hub.plain(cfg.farneback)}
+                     "resolved_revision": None, "source": "opencv", "params": to_plain(cfg.farneback)}
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         import cv2
@@ -103,13 +105,13 @@ class RaftBackend(_LearnedBackend):
 
         self.num_flow_updates = int(cfg.raft.num_flow_updates)
         builder = getattr(optical_flow, cfg.raft.arch)  # raft_large | raft_small
-        local_path = (cfg.get("resources") or {}).get("local_path")
-        if cfg.get("random_init"):
-            with hub.seeded(cfg.seed):
-                model = builder(weights=None)
-            self.meta = hub.random_init_meta(type(model), cfg)
-        else:
-            model, self.meta = _load_raft(builder, cfg.raft.arch, cfg.raft.weights, local_path)
+
+        def build_random(c):
+            with seeded(c.seed):
+                return builder(weights=None)
+
+        model, self.meta = hub.build_or_load(
+            cfg, build_random, lambda c, _dtype, local_path: _load_raft(builder, c.raft.arch, c.raft.weights, local_path))
         self.model = model.to(device, dtype).eval()
         self.meta = {**self.meta, "arch": cfg.raft.arch, "num_flow_updates": self.num_flow_updates}
 
@@ -134,7 +136,7 @@ def _load_raft(builder, arch: str, weights_name: str, local_path: str | None):
         return builder(weights=weights), meta
     except Exception as exc:  # offline and not in torch's cache
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise hub.ModelUnavailableError(
+        raise ModelUnavailableError(
             f"torchvision {arch} weights {weights_name!r} are not available: not in $TORCH_HOME/hub/checkpoints "
             f"and the download failed ({type(exc).__name__}: {first}).\n"
             f"Pre-download them on a machine with network access:\n"
@@ -153,16 +155,17 @@ class PtlflowBackend(_LearnedBackend):
         try:
             import ptlflow
         except ImportError:
-            raise ImportError("flow backend 'ptlflow' needs the optional extra: `uv sync --extra flow` "
-                              "(or choose flow_raft / flow_opencv)") from None
+            raise ImportError("flow backend 'ptlflow' needs the ptlflow package, which the project's lock does "
+                              "not include: `uv pip install ptlflow` into .venv (docs/models.md), or choose "
+                              "flow_raft / flow_opencv") from None
         name, ckpt = cfg.ptlflow.model, cfg.ptlflow.ckpt
-        local_path = (cfg.get("resources") or {}).get("local_path")
-        if cfg.get("random_init"):
-            with hub.seeded(cfg.seed):
-                model = ptlflow.get_model(name)
-            self.meta = hub.random_init_meta(type(model), cfg)
-        else:
-            model, self.meta = _load_ptlflow(ptlflow, name, ckpt, local_path)
+
+        def build_random(c):
+            with seeded(c.seed):
+                return ptlflow.get_model(name)
+
+        model, self.meta = hub.build_or_load(
+            cfg, build_random, lambda c, _dtype, local_path: _load_ptlflow(ptlflow, name, ckpt, local_path))
         self.model = model.to(device, dtype).eval()
         # Padding to the model's stride here too (ptlflow would pad two-sided, then crop) keeps
         # one padding rule for every learned backend.
@@ -188,7 +191,7 @@ def _load_ptlflow(ptlflow, name: str, ckpt: str, local_path: str | None):
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         fetch = f"curl -L -o {url.rsplit('/', 1)[-1]} {url}" if url else \
             f"python -c \"import ptlflow; ptlflow.get_model('{name}', ckpt_path='{ckpt}')\""
-        raise hub.ModelUnavailableError(
+        raise ModelUnavailableError(
             f"ptlflow model {name!r} checkpoint {ckpt!r} is not available ({type(exc).__name__}: {first}).\n"
             f"Pre-download it on a machine with network access:\n"
             f"    {fetch}\n"

@@ -1,121 +1,20 @@
-"""Model loading shared by the extractor stages: hub id + pinned revision or a local copy.
-
-Every stage loads its weights through `snapshot()` so that
-- a cached or local copy is used without touching the network,
-- the commit actually loaded is recorded (`Snapshot.meta()` goes into the store's model_meta),
-- a machine without network and without a copy gets one short error that names the model, the
-  revision, the exact download command and the config key to point at a local copy, instead of
-  a stack trace from deep inside huggingface_hub.
-
-Tiny presets never come here: they build random-init configs of the same classes (`seeded()`).
+"""How a stage gets its model: a seeded random-init build (tiny presets) or the real weights
+(found through core.hub.snapshot), on the stage's device and dtype, with the provenance that goes
+into the store's model_meta. Every learned stage loads through `build_or_load` / `load_model`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+from core.util import pick_device
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights of a configured model are neither cached, nor local, nor downloadable."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A local directory holding one revision of a model repository."""
-
-    path: Path
-    model_id: str | None
-    revision: str | None
-    resolved_revision: str | None  # the commit hash actually loaded (None for a plain local dir)
-
-    def meta(self) -> dict:
-        return {"model_id": self.model_id, "revision": self.revision,
-                "resolved_revision": self.resolved_revision, "source": str(self.path)}
-
-
-def download_command(model_id: str, revision: str | None, local_dir: str | None = None,
-                     include: list[str] | None = None) -> str:
-    """The shell command that pre-downloads a model (run it on a machine with network)."""
-    local_dir = local_dir or f"models/{model_id.split('/')[-1]}"
-    parts = ["hf", "download", model_id]
-    if revision:
-        parts += ["--revision", revision]
-    if include:
-        parts += ["--include", *[f'"{p}"' for p in include]]
-    parts += ["--local-dir", local_dir]
-    return " ".join(parts)
-
-
-def _unavailable(model_id: str | None, revision: str | None, what: str, *, config_key: str,
-                 include: list[str] | None, local_path: str | None = None) -> ModelUnavailableError:
-    target = local_path or f"models/{(model_id or 'model').split('/')[-1]}"
-    cmd = download_command(model_id, revision, target, include) if model_id else None
-    lines = [f"model {model_id!r} (revision {revision!r}) is not available: {what}."]
-    if cmd:
-        lines += [
-            "Pre-download it on a machine with network access:",
-            f"    {cmd}",
-            "(huggingface_hub < 1.0: the same arguments after `huggingface-cli download`.)",
-        ]
-    lines += [
-        "Then copy the folder here and point the config at it, e.g.",
-        f"    {config_key}={target}",
-        "or set HF_HOME to a cache that already holds it.",
-    ]
-    return ModelUnavailableError("\n".join(lines))
-
-
-def snapshot(model_id: str | None, revision: str | None = None, local_path: str | None = None, *,
-             allow_patterns: list[str] | None = None, config_key: str = "resources.local_path") -> Snapshot:
-    """Find (or download) one revision of a model and return where it lies on disk.
-
-    `local_path` wins when set (it must exist). Otherwise the hub cache is tried first, with no
-    network, then the hub itself. `allow_patterns` limits what is downloaded (e.g. only the
-    shards a sub-model needs). `config_key` is the override named in the error message.
-    """
-    if local_path:
-        path = Path(local_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise _unavailable(model_id, revision, f"local_path {str(path)!r} holds no config.json",
-                               config_key=config_key, include=allow_patterns, local_path=str(path)) from None
-        return Snapshot(path, model_id, revision, None)
-    if not model_id:
-        raise ValueError("a model needs either model_id (hub) or resources.local_path")
-
-    from huggingface_hub import snapshot_download
-
-    try:
-        path = snapshot_download(model_id, revision=revision, allow_patterns=allow_patterns, local_files_only=True)
-    except Exception:  # not cached (any flavour): fall through to the network
-        try:
-            path = snapshot_download(model_id, revision=revision, allow_patterns=allow_patterns)
-        except Exception as exc:  # offline, unknown repo or revision, gated, HTTP error...
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise _unavailable(model_id, revision, f"not in the local cache and the hub said "
-                               f"{type(exc).__name__}: {first}", config_key=config_key,
-                               include=allow_patterns) from None
-    path = Path(path)
-    # The cache lays snapshots out as .../snapshots/<commit>/: that commit is what was loaded.
-    resolved = path.name if path.parent.name == "snapshots" else None
-    return Snapshot(path, model_id, revision, resolved)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """`auto` (or nothing) -> the first CUDA device when there is one, else the CPU."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -129,50 +28,39 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return dtype
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Random-init a tiny model identically in every process: fork the global RNG, seed it."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
-
-
 def random_init_meta(cls: type, cfg: Any) -> dict:
     """model_meta of a tiny random-init preset (no hub id, no revision: the seed is the identity)."""
     return {"model_id": f"random-init:{cls.__name__}", "revision": None, "resolved_revision": None,
             "seed": int(cfg.seed), "source": "random-init"}
 
 
-def plain(node: Any) -> Any:
-    """A resolved plain-Python copy of a config node (transformers' configs reject OmegaConf lists)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
 def runtime(cfg: Any) -> tuple[torch.device, torch.dtype, int, str | None]:
     """device, dtype, batch size and local_path of a stage config (all but dtype are runtime-only
     knobs under `resources`, which the store's config hash ignores)."""
     res = cfg.get("resources") or {}
-    device = resolve_device(res.get("device", "auto"))
+    device = pick_device(res.get("device", "auto"))
     dtype = resolve_dtype(cfg.get("dtype", "float32"), device)
     return device, dtype, int(res.get("batch_size", 8)), res.get("local_path")
 
 
-def load_model(cfg: Any, build_random, load_pretrained) -> tuple[torch.nn.Module, Any, dict]:
-    """A stage's (model, processor) on its device in eval mode, and the provenance for model_meta.
-
-    Tiny presets (`random_init`) build seeded random weights with `build_random(cfg)`; the others
-    load by hub id or local path with `load_pretrained(cfg, dtype, local_path)`.
-    """
-    device, dtype, _, local_path = runtime(cfg)
+def build_or_load(cfg: Any, build_random: Callable, load_pretrained: Callable) -> tuple[Any, dict]:
+    """(built, provenance): `build_random(cfg)` for a tiny preset (`random_init` set), else
+    `load_pretrained(cfg, dtype, local_path)`, which returns (built, meta). `built` is whatever the
+    stage's builders make: a model, or (model, processor). The one place where random-vs-pretrained
+    is decided."""
+    _, dtype, _, local_path = runtime(cfg)
     if cfg.get("random_init"):
-        model, processor = build_random(cfg)
-        meta = random_init_meta(type(model), cfg)
-    else:
-        model, processor, meta = load_pretrained(cfg, dtype, local_path)
+        built = build_random(cfg)
+        model = built[0] if isinstance(built, tuple) else built
+        return built, random_init_meta(type(model), cfg)
+    return load_pretrained(cfg, dtype, local_path)
+
+
+def load_model(cfg: Any, build_random: Callable, load_pretrained: Callable) -> tuple[torch.nn.Module, Any, dict]:
+    """A stage's (model, processor) on its device in eval mode, and the provenance for model_meta
+    (`build_or_load` with builders that make (model, processor))."""
+    device, dtype, _, _ = runtime(cfg)
+    (model, processor), meta = build_or_load(cfg, build_random, load_pretrained)
     model = model.to(device, dtype).eval()
     return model, processor, {**meta, "architecture": type(model).__name__,
                               "dtype": str(dtype).removeprefix("torch.")}

@@ -21,6 +21,8 @@ import numpy as np
 
 import torch
 
+from core.hub import seeded, snapshot
+from core.util import to_plain
 from extractors import geometry, hub, render
 
 
@@ -58,13 +60,13 @@ def build_random(cfg):
     import transformers
     from transformers import AutoConfig
 
-    spec = hub.plain(cfg.random_init)
+    spec = to_plain(cfg.random_init)
     kwargs = dict(spec["model"])
     backbone = kwargs.pop("backbone_config", None)
     if backbone is not None:
         kwargs["backbone_config"] = AutoConfig.for_model(backbone.pop("model_type"), **backbone)
     config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-    with hub.seeded(cfg.seed):
+    with seeded(cfg.seed):
         model = getattr(transformers, cfg.architecture)(config)
     return model, getattr(transformers, spec["processor_class"])(**spec["processor"])
 
@@ -73,10 +75,10 @@ def load_pretrained(cfg, dtype: torch.dtype, local_path: str | None):
     import transformers
     from transformers import AutoImageProcessor
 
-    snap = hub.snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
+    snap = snapshot(cfg.model_id, cfg.revision, local_path, allow_patterns=["*.json", "*.safetensors"],
                         config_key="features.extractors.normal.resources.local_path")
     model = getattr(transformers, cfg.architecture).from_pretrained(snap.path, dtype=dtype)
-    return model, AutoImageProcessor.from_pretrained(snap.path), snap.meta()
+    return (model, AutoImageProcessor.from_pretrained(snap.path)), snap.meta()
 
 
 class LearnedNormals:

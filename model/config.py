@@ -1,7 +1,6 @@
-"""The CREMA model configuration: one dataclass, two presets (tiny and full).
-
-`crema_tiny()` and `crema_full()` in model/crema.py build from these; every field is a Hydra key
-under `model.` (conf/model/crema_tiny.yaml, conf/model/crema_full.yaml).
+"""The CREMA model configuration: one dataclass. The presets are yaml files only
+(conf/model/crema_full.yaml, and crema_tiny.yaml = crema_full + overrides); every field is a
+Hydra key under `model.`, and `model.crema.build_crema(**fields)` builds from them.
 """
 
 from __future__ import annotations
@@ -10,46 +9,25 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Modalities whose stored features are frozen-ViT tokens on the same frame indices as RGB.
-FRAME_MODALITIES = ("rgb", "depth", "flow", "normal")
-# One clip-level input each: audio chunks, one point cloud.
-CLIP_MODALITIES = ("audio", "pointcloud")
-MODALITIES = FRAME_MODALITIES + CLIP_MODALITIES
+from core.modalities import BASE, check
+
 FUSIONS = ("espresso", "concat")
 ESPRESSO_MODES = ("concat", "add")
 CHOICE_SCORING = ("letter", "option_text")
 LOSSES = ("lm", "options")
-
-# Pinned hub revisions of the full-size weights (the snapshots CREMA-grade runs were checked with).
-BLIP2_ID = "Salesforce/blip2-flan-t5-xl"
-BLIP2_REVISION = "0eb0d3b46c14c1f8c7680bca2693baafdb90bb28"
-T5_ID = "google/flan-t5-xl"
-T5_REVISION = "7d6315df2c2fb742f0f5b556879d730926ca9001"
-
-# Architecture of the full-size frozen parts, as published in the two hub configs. Used to build
-# on the meta device (parameter counts without weights); a weight load re-reads the real configs
-# and refuses a checkpoint whose shapes differ.
-FULL_QFORMER = dict(
-    hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    cross_attention_frequency=2, encoder_hidden_size=1408, layer_norm_eps=1e-12,
-    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-)
-FULL_T5 = dict(
-    vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
-    num_heads=32, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
-    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-)
 
 
 @dataclass
 class CremaConfig:
     """Everything that determines a CREMA model (architecture, frozen weights, decoding).
 
+    The defaults are CREMA's method settings; the architecture of the frozen parts (`qformer`,
+    `t5`: transformers config kwargs) and the weights to load come from a preset yaml.
     `vision_width` / `audio_width` are the widths of the cached features; `None` means "take
     them from the feature store" (the trainer fills them in and refuses a store that disagrees).
     """
 
-    modalities: list[str] = field(default_factory=lambda: ["rgb"])
+    modalities: list[str] = field(default_factory=lambda: [BASE])
     num_frames: int = 4
     fusion: str = "espresso"          # espresso: self-gated fusion of the non-RGB modalities; concat: v1
     espresso_mode: str = "concat"     # concat: fused tokens after RGB's; add: added onto RGB's tokens
@@ -70,38 +48,31 @@ class CremaConfig:
     loss: str = "lm"
     num_beams: int = 5
     max_new_tokens: int = 10
-    # Frozen parts. pretrained=True loads them (hub id or local folder); False builds random-init
-    # modules of the same classes from `qformer` / `t5` (architecture kwargs) and `seed`.
+    # Frozen parts. pretrained=True loads them (hub id + revision, or a local folder); False builds
+    # random-init modules of the same classes from `qformer` / `t5` (architecture kwargs) and `seed`.
     pretrained: bool = False
-    blip2: str = BLIP2_ID
-    blip2_revision: str = BLIP2_REVISION
-    t5_model: str = T5_ID
-    t5_revision: str = T5_REVISION
+    blip2: str | None = None
+    blip2_revision: str | None = None
+    t5_model: str | None = None
+    t5_revision: str | None = None
     tokenizer: str = "pretrained"     # pretrained: the T5 checkpoint's; byt5: transformers' ByT5Tokenizer
-    qformer: dict[str, Any] = field(default_factory=lambda: dict(FULL_QFORMER))
-    t5: dict[str, Any] = field(default_factory=lambda: dict(FULL_T5))
-    # Random-init presets only: a safetensors file of T5 weights to load into the `t5` architecture
-    # (the stand-in LLM the trainer builds when standin.enabled; model/standin.py).
-    t5_weights: str | None = None
+    qformer: dict[str, Any] = field(default_factory=dict)
+    t5: dict[str, Any] = field(default_factory=dict)
     # tokenizer=byt5 only: phrases spelled as ONE token each (a subword vocabulary's common words);
     # answer_tokens=true makes the trainer fill it with the train split's distinct answers.
     phrase_tokens: list[str] = field(default_factory=list)
     answer_tokens: bool = False
-    standin: dict[str, Any] = field(default_factory=dict)  # model/standin.py StandinConfig
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.modalities = list(self.modalities)
-        unknown = [m for m in self.modalities if m not in MODALITIES]
-        if unknown:
-            raise ValueError(f"model.modalities: unknown {unknown}; choose from {list(MODALITIES)}")
+        self.modalities = check(self.modalities, "model.modalities")
         if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
             raise ValueError(f"model.modalities={self.modalities}: give each modality once, at least one")
         if self.fusion not in FUSIONS:
             raise ValueError(f"model.fusion={self.fusion!r}: choose from {list(FUSIONS)}")
         if self.espresso_mode not in ESPRESSO_MODES:
             raise ValueError(f"model.espresso_mode={self.espresso_mode!r}: choose from {list(ESPRESSO_MODES)}")
-        if self.fusion == "espresso" and len(self.modalities) > 1 and "rgb" not in self.modalities:
+        if self.fusion == "espresso" and len(self.modalities) > 1 and BASE not in self.modalities:
             raise ValueError(
                 f"model.fusion=espresso fuses the other modalities onto RGB's tokens, but "
                 f"model.modalities={self.modalities} has no rgb; add rgb or use model.fusion=concat"
@@ -117,22 +88,21 @@ class CremaConfig:
             raise ValueError(f"model.tokenizer={self.tokenizer!r}: choose pretrained or byt5")
         self.qformer = dict(self.qformer)
         self.t5 = dict(self.t5)
-        self.standin = dict(self.standin)
         self.phrase_tokens = list(self.phrase_tokens)
         if (self.phrase_tokens or self.answer_tokens) and self.tokenizer != "byt5":
             raise ValueError("model.phrase_tokens / model.answer_tokens extend the byt5 tokenizer; "
                              f"model.tokenizer={self.tokenizer!r} has its own vocabulary")
-        if self.pretrained and (self.t5_weights or self.standin.get("enabled")):
-            raise ValueError("model.t5_weights / model.standin are for random-init presets (pretrained=false); "
-                             "a pretrained preset loads model.t5_model")
+        if self.pretrained and not (self.blip2 and self.t5_model):
+            raise ValueError("model.pretrained=true loads model.blip2 and model.t5_model (hub ids or local "
+                             "folders); set both (conf/model/crema_full.yaml has the defaults)")
 
     @property
     def fused_modalities(self) -> list[str]:
         """The modalities that go through the espresso fusion (all but RGB), in config order;
         none without RGB to fuse onto (a single non-RGB modality runs alone)."""
-        if self.fusion != "espresso" or "rgb" not in self.modalities:
+        if self.fusion != "espresso" or BASE not in self.modalities:
             return []
-        return [m for m in self.modalities if m != "rgb"]
+        return [m for m in self.modalities if m != BASE]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

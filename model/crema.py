@@ -1,33 +1,32 @@
-"""The CREMA model (MMQA per modality + fusion + frozen T5) and its builders.
+"""The CREMA model (MMQA per modality + fusion + frozen T5) and its builder.
 
-    model = crema_tiny(vision_width=48, audio_width=32, modalities=["rgb", "flow", "audio"])
-    loss = model(batch)                        # batch: see model/data.py (collate)
+    model = build_crema(**preset_fields, vision_width=48, audio_width=32, modalities=["rgb", "flow", "audio"])
+    loss = model(batch)                        # batch: see trainer/data.py (collate)
     preds = model.predict(batch, modalities=["rgb", "flow"], lora_off=["flow"])
 
-`crema_tiny()` builds random-init parts of the same transformers classes (seeded: every process
-builds identical weights); `crema_full()` loads BLIP-2 (Salesforce/blip2-flan-t5-xl) and
-Flan-T5-XL, or builds them on the meta device for parameter counts.
+The presets are conf/model/crema_full.yaml (BLIP-2's Q-Former + Flan-T5-XL, loaded by hub id or
+local folder; on the meta device for parameter counts) and crema_tiny.yaml (random-init parts
+of the same transformers classes, seeded: every process builds identical weights). Hydra
+instantiates `build_crema` with a preset's keys; the builder reads no files of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Iterable
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from transformers import (Blip2QFormerConfig, Blip2QFormerModel, T5Config,
                           T5ForConditionalGeneration)
 
-from extractors.hub import seeded
+from core.hub import seeded
+from core.modalities import kind
 from model.config import CremaConfig
 from model.fusion import EspressoFusion, assemble
-from model.metrics import mean_token_logprob
 from model.mmqa import MMQA
-from model.prompts import choice_token_ids
-from model.standin import load_standin, phrase_tokenizer
+from model.scoring import choice_token_ids, mean_token_logprob
+from model.tokenizer import phrase_tokenizer
 
 
 class Crema(nn.Module):
@@ -77,7 +76,7 @@ class Crema(nn.Module):
             feats = batch["features"][m]
             mask = batch.get("masks", {}).get(m)
             xyz = batch.get("xyz", {}).get(m)
-            if m == "pointcloud":  # one cloud per sample: a leading "frame" axis of 1
+            if kind(m) == "points":  # one cloud per sample: a leading "frame" axis of 1
                 feats, mask, xyz = feats[:, None], mask[:, None] if mask is not None else None, xyz[:, None]
             tokens[m] = self.mmqa(m, feats, mask=mask, xyz=xyz, use_lora=m not in lora_off)
         return tokens
@@ -213,21 +212,6 @@ class Crema(nn.Module):
 
 # ---------------------------------------------------------------------- builders
 
-# The tiny preset's values live in ONE place, conf/model/crema_tiny.yaml (which explains them):
-# Hydra instantiates `crema_tiny` with them, and a direct `crema_tiny()` call reads the same file.
-TINY_YAML = Path(__file__).resolve().parent.parent / "conf" / "model" / "crema_tiny.yaml"
-
-
-def _yaml_defaults(path: Path) -> dict:
-    """A model preset's keys, minus Hydra's `_target_` and what interpolates the run's config."""
-    cfg = OmegaConf.load(path)
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in cfg if k != "_target_" and not OmegaConf.is_interpolation(cfg, k)}
-
-
-FULL = dict(pretrained=True, tokenizer="pretrained", vision_width=1408, audio_width=768)
-
-
 def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> Crema:
     """Build a CREMA model. device="meta" builds shapes only (no weights, no tokenizer)."""
     if config.vision_width is None:
@@ -256,8 +240,6 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
 def _random_frozen(config: CremaConfig):
     qformer = Blip2QFormerModel(Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": config.vision_width}))
     llm = T5ForConditionalGeneration(T5Config(**config.t5))
-    if config.t5_weights:
-        load_standin(llm, Path(config.t5_weights))
     tokenizer = phrase_tokenizer(config.phrase_tokens) if config.tokenizer == "byt5" else None
     if tokenizer is not None and len(tokenizer) > llm.config.vocab_size:
         raise ValueError(f"model.t5.vocab_size={llm.config.vocab_size} < the tokenizer's {len(tokenizer)} tokens "
@@ -290,20 +272,6 @@ def _init_heads(mmqa: MMQA, init: dict[str, torch.Tensor]) -> None:
                 head.ln.bias.copy_(init["ln.bias"])
 
 
-def _preset(defaults: dict, overrides: dict) -> CremaConfig:
-    merged = {**defaults, **overrides}
-    for key in ("qformer", "t5"):  # nested architecture dicts merge key by key
-        if key in defaults and key in overrides:
-            merged[key] = {**defaults[key], **overrides[key]}
-    return CremaConfig(**merged)
-
-
-def crema_tiny(*, device=None, **overrides) -> Crema:
-    """Random-init tiny parts of the same classes as the full preset (tests and the CPU demo)."""
-    return crema(_preset(_yaml_defaults(TINY_YAML), overrides), device=device)
-
-
-def crema_full(*, device=None, **overrides) -> Crema:
-    """BLIP-2 Q-Former + Flan-T5-XL (weights loaded unless device="meta")."""
-    return crema(_preset(FULL, overrides), device=device)
-
+def build_crema(*, device: str | torch.device | None = None, **fields) -> Crema:
+    """Build from a preset's keys (what Hydra instantiates: `_target_: model.crema.build_crema`)."""
+    return crema(CremaConfig(**fields), device=device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.config import FRAME_MODALITIES
+from core.modalities import BASE, FRAME
 
 
 class EspressoFusion(nn.Module):
@@ -41,7 +41,7 @@ class EspressoFusion(nn.Module):
 
 def align_to_frames(modality: str, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
     """[B, n, Q, D] -> [B, T, Q, D]: frames as they are, audio chunk-averaged, 3D repeated."""
-    if modality in FRAME_MODALITIES:
+    if modality in FRAME:
         return tokens
     pooled = tokens.mean(dim=1, keepdim=True)
     return pooled.expand(-1, num_frames, -1, -1)
@@ -87,13 +87,13 @@ def assemble(
     seq = Sequence(first.shape[0], first.device)
     tokens = {m: t * present[m].to(t.dtype)[:, None, None, None] for m, t in tokens.items()}
     fused_in = [m for m in (fusion.modalities if fusion is not None else []) if m in tokens]
-    if fusion is None or "rgb" not in tokens or not fused_in:
+    if fusion is None or BASE not in tokens or not fused_in:
         _plain(seq, tokens, present, prefixes)
         return seq
-    num_frames = tokens["rgb"].shape[1]
+    num_frames = tokens[BASE].shape[1]
     fused = fusion({m: align_to_frames(m, tokens[m], num_frames) for m in fused_in})
     fused_present = torch.stack([present[m] for m in fused_in]).any(dim=0)
-    rgb, rgb_present = tokens["rgb"], present["rgb"]
+    rgb, rgb_present = tokens[BASE], present[BASE]
     if espresso_mode == "add":
         for t, prefix in enumerate(prefixes):
             seq.add(prefix)
@@ -107,13 +107,13 @@ def assemble(
 
 
 def _plain(seq: Sequence, tokens: dict, present: dict, prefixes: list[torch.Tensor]) -> None:
-    frame_mods = [m for m in tokens if m in FRAME_MODALITIES]
+    frame_mods = [m for m in tokens if m in FRAME]
     if frame_mods:
         for t, prefix in enumerate(prefixes):
             seq.add(prefix)
             for m in frame_mods:
                 seq.add(tokens[m][:, t], keep=present[m])
     for m in tokens:
-        if m not in FRAME_MODALITIES:
+        if m not in FRAME:
             t = tokens[m]
             seq.add(t.reshape(t.shape[0], -1, t.shape[-1]), keep=present[m])

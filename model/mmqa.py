@@ -19,6 +19,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Blip2QFormerModel
 
+from core.modalities import kind
+
 # Full-match regex over module names: the self-attention query/value of every layer, and not
 # `layer.N.crossattention.attention.query` (cross-attention) nor any key projection.
 SELF_ATTENTION_QV = r"encoder\.layer\.\d+\.attention\.attention\.(query|value)"
@@ -74,13 +76,13 @@ class MMQA(nn.Module):
         self.heads = nn.ModuleDict({
             m: ModalityHead(num_query_tokens=num_query_tokens, qformer_width=qcfg.hidden_size,
                             vision_width=vision_width, llm_width=llm_width,
-                            input_width=audio_width if m == "audio" else None)
+                            input_width=audio_width if kind(m) == "clip" else None)
             for m in self.modalities
         })
         for head in self.heads.values():
             nn.init.normal_(head.query_tokens, std=qcfg.initializer_range)
         self.voxel_pe_scale = voxel_pe_scale
-        if "pointcloud" in self.modalities:
+        if any(kind(m) == "points" for m in self.modalities):
             # Fixed, not trained and not saved: rebuilt identically from the config.
             self.register_buffer("voxel_table", voxel_position_table(voxel_positions, vision_width),
                                  persistent=False)
@@ -145,9 +147,9 @@ class MMQA(nn.Module):
         if head.input_proj is not None:
             x = head.input_proj(x)
         x = head.ln(x)
-        if modality == "pointcloud":
+        if kind(modality) == "points":
             if xyz is None:
-                raise ValueError("pointcloud features need their voxel xyz")
+                raise ValueError(f"{modality} features need their voxel xyz")
             x = x + self.voxel_pe_scale * self.voxel_encoding(xyz).to(x.dtype)
         lead = x.shape[:-2]
         x = x.reshape(-1, *x.shape[-2:])

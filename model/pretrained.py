@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from model.config import BLIP2_ID, T5_ID
+from core.hub import ModelUnavailableError, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +24,15 @@ T5_FILES = ["config.json", "generation_config.json", "*.safetensors", "*.safeten
 BLIP2_PREFIXES = ("qformer.", "query_tokens", "language_projection.", "vision_model.post_layernorm.")
 
 
-class PretrainedWeightsError(RuntimeError):
-    """Full-size weights that are neither in a local folder nor reachable on the hub."""
-
-
-def resolve(source: str, revision: str, *, config_key: str, patterns: list[str], default_id: str | None = None) -> Path:
+def resolve(source: str, revision: str, *, config_key: str, patterns: list[str]) -> Path:
     """A local folder holding `source` (a hub id, or a local folder given in its place).
 
-    Delegates to the extractors' loader (cache first, then the hub, one clear error) so every
-    model in the project is found and reported the same way.
+    Goes through core.hub.snapshot (cache first, then the hub, one clear error) so every model in
+    the project is found and reported the same way.
     """
-    from extractors.hub import ModelUnavailableError, snapshot
-
     local = source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
-    try:
-        snap = snapshot(default_id if local else source, revision, source if local else None,
-                        allow_patterns=patterns, config_key=config_key)
-    except ModelUnavailableError as err:
-        raise PretrainedWeightsError(str(err)) from None
-    return snap.path
+    return snapshot(None if local else source, revision, source if local else None,
+                    allow_patterns=patterns, config_key=config_key).path
 
 
 def read_tensors(root: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -54,7 +44,7 @@ def read_tensors(root: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tenso
     else:
         files = [p.name for p in sorted(root.glob("*.safetensors"))]
     if not files:
-        raise PretrainedWeightsError(f"{root} has no safetensors weights with keys {list(prefixes)}")
+        raise ModelUnavailableError(f"{root} has no safetensors weights with keys {list(prefixes)}")
     out = {}
     for name in files:
         with safe_open(str(root / name), framework="pt") as f:
@@ -68,14 +58,14 @@ def load_blip2(source: str, revision: str):
     """(Blip2QFormerModel with BLIP-2's weights, dict of initial values for the MMQA heads)."""
     from transformers import Blip2Config, Blip2QFormerModel
 
-    root = resolve(source, revision, config_key="model.blip2", patterns=BLIP2_FILES, default_id=BLIP2_ID)
+    root = resolve(source, revision, config_key="model.blip2", patterns=BLIP2_FILES)
     config = Blip2Config.from_pretrained(root)
     qformer = Blip2QFormerModel(config.qformer_config)
     tensors = read_tensors(root, BLIP2_PREFIXES)
     state = {k[len("qformer."):]: v for k, v in tensors.items() if k.startswith("qformer.")}
     result = qformer.load_state_dict(state, strict=False)
     if result.missing_keys:
-        raise PretrainedWeightsError(
+        raise ModelUnavailableError(
             f"{root}: the BLIP-2 checkpoint lacks Q-Former weights {result.missing_keys[:5]} "
             f"({len(result.missing_keys)} missing). Is model.blip2 a BLIP-2 checkpoint?"
         )
@@ -95,6 +85,6 @@ def load_t5(source: str, revision: str, dtype: torch.dtype):
     """(T5ForConditionalGeneration, its tokenizer) from the hub or a local folder."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-    root = resolve(source, revision, config_key="model.t5_model", patterns=T5_FILES, default_id=T5_ID)
+    root = resolve(source, revision, config_key="model.t5_model", patterns=T5_FILES)
     llm = T5ForConditionalGeneration.from_pretrained(root, dtype=dtype)
     return llm, AutoTokenizer.from_pretrained(root)

@@ -170,7 +170,7 @@ def decode_audio(path: str, sr: int) -> tuple[np.ndarray | None, str | None]:
 
 
 def decode_video(path: str, cfg: DecodeConfig, start: int | None = None, end: int | None = None) -> dict:
-    """Decode one video (file or image folder) into the payload fields of pipeline.schema."""
+    """Decode one video (file or image folder) into the payload fields of core.schema."""
     p = Path(path)
     if not p.exists():
         raise DecodeError(f"file not found: {path}")

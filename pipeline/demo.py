@@ -42,7 +42,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.schema import SPLITS
+from core.schema import SPLITS
+from core.util import to_plain
 
 # Bump when rendering, wording or layout changes: an existing demo with another version is redone.
 DEMO_FORMAT = 2
@@ -142,6 +143,18 @@ class ClipSpec:
     audio_gain: float
     answer_pos: dict  # qtype -> index of the correct option (balanced per split)
     option_orders: dict  # qtype -> permutation of the wrong options
+
+
+DEMO_KEYS = ("seed", "num_videos", "width", "height", "fps", "seconds", "sample_rate")
+
+
+def ensure_demo(dataset_cfg) -> None:
+    """Generate the demo first (idempotent) when `dataset_cfg` (a `dataset` config node) is the
+    demo; other datasets are left alone. The extraction entry points call it before reading the
+    annotations; the trainer only reads them."""
+    conf = to_plain(dataset_cfg)
+    if (conf.get("adapter") or conf.get("name")) == "demo":
+        generate_demo(Path(conf["root"]), **{k: conf[k] for k in DEMO_KEYS if conf.get(k) is not None})
 
 
 def generate_demo(

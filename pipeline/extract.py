@@ -11,10 +11,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.config import config_hash, hashed_view, resolve_features, to_plain
+from core.features import config_hash, hashed_view, resolve_features
+from core.hub import ModelUnavailableError
+from core.store import collect_markers, shard_is_valid
+from core.util import find_error, to_plain
 from pipeline.manifest import build_manifest
 from pipeline.report import build_report, summary, write_report
-from pipeline.store import collect_markers, init_store, remove_stale_temporaries, shard_is_valid, write_failures
+from pipeline.store import init_store, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
 
@@ -24,13 +27,10 @@ class ExtractError(RuntimeError):
 
 
 def _user_error(exc: BaseException) -> ExtractError | None:
-    """Ray wraps an actor's constructor error in layers of traceback; keep the one line that matters."""
-    text = str(exc)
-    marker = "ModelUnavailableError: "
-    if marker not in text:
-        return None
-    message = text.split(marker, 1)[1].strip()
-    return ExtractError(message.split("\n\n")[0] if message else text)
+    """Ray wraps an actor's constructor error in layers (ActorDiedError, RayTaskError, ...); a
+    ModelUnavailableError inside them becomes the one message the user needs."""
+    found = find_error(exc, ModelUnavailableError)
+    return ExtractError(str(found)) if found is not None else None
 
 
 def start_ray(ray_cfg: dict) -> None:
@@ -115,13 +115,15 @@ def _translated(rows):
 
 def run_extract(cfg) -> dict:
     """Run (or resume) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report."""
-    from pipeline.datasets import load_dataset
+    from core.datasets import load_dataset
+    from pipeline.demo import ensure_demo
     from pipeline.graph import build_dataset
 
     t0 = time.time()
     features = resolve_features(cfg.features)
     chash = config_hash(cfg.features)
     store_cfg = to_plain(cfg.store)
+    ensure_demo(cfg.dataset)
     index = load_dataset(cfg.dataset)
     root = Path(cfg.out) / index.name
     shards = build_manifest(index, int(store_cfg["shard_size"]))

@@ -1,7 +1,7 @@
 """The Ray Data streaming graph: decode once -> modality stages -> encoder -> one writer per shard.
 
 Each row of the Ray dataset is one output shard: ``{"shard_id": str, "payload": bytes}``, the
-payload being the pickled shard dict of pipeline.schema. A shard therefore flows through every
+payload being the pickled shard dict of core.schema. A shard therefore flows through every
 stage as one unit and is written by exactly one writer call, while different shards stream
 through the actor pools concurrently (memory is bounded by the shards in flight, not by the
 dataset). Weights load in the actors' constructors, never on the driver.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.store import ShardSpec
 from pipeline.decode import DecodeConfig, DecodeError, decode_video
-from pipeline.store import ShardSpec, write_shard
+from pipeline.store import write_shard
 
 
 def _dump(payload: dict) -> bytes:

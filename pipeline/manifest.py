@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.schema import SPLITS, DatasetIndex, VideoEntry
-from pipeline.store import ShardSpec
+from core.schema import SPLITS, DatasetIndex, VideoEntry
+from core.store import ShardSpec
 
 
 def build_manifest(index: DatasetIndex, shard_size: int) -> list[tuple[ShardSpec, list[VideoEntry]]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from pathlib import Path
 
-from pipeline.store import FEATURE_KEYS, FAILURES
+from core.modalities import STORE_KEYS
+from core.store import FAILURES
+from core.util import write_json_atomic
 
 
 def build_report(*, dataset: str, root: Path, config_hash: str, shards, markers: dict, failures: list[dict],
@@ -21,7 +21,7 @@ def build_report(*, dataset: str, root: Path, config_hash: str, shards, markers:
     partial = len({e["video_id"] for m in done.values() for e in m["errors"]})
     modalities: dict[str, dict] = {}
     for m in done.values():
-        for key in FEATURE_KEYS:
+        for key in STORE_KEYS:
             if key in m["arrays"]:
                 info = modalities.setdefault(key, {"videos": 0, "shape": m["arrays"][key]["shape"][1:],
                                                    "dtype": m["arrays"][key]["dtype"]})
@@ -39,11 +39,7 @@ def build_report(*, dataset: str, root: Path, config_hash: str, shards, markers:
 
 
 def write_report(root: Path, report: dict) -> Path:
-    path = Path(root) / "report.json"
-    tmp = path.with_name(".tmp-report.json")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(root) / "report.json", report, indent=2, sort_keys=False, newline=True)
 
 
 def summary(report: dict, failures: list[dict], max_rows: int = 10) -> str:

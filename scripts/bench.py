@@ -22,8 +22,9 @@ from pathlib import Path
 
 import psutil
 
+from core.modalities import NAMES as MODALITIES
+
 ROOT = Path(__file__).resolve().parents[1]
-MODALITIES = ["rgb", "depth", "flow", "normal", "pointcloud", "audio"]
 
 
 def compose(overrides: list[str]):
@@ -39,11 +40,11 @@ def demo_overrides(tmp: Path, n: int) -> list[str]:
 
 
 def bench_fanout(tmp: Path, n: int, num_cpus: int) -> dict:
-    from pipeline.datasets import load_dataset
+    from pipeline.demo import ensure_demo
     from pipeline.extract import run_extract, start_ray
 
     base = demo_overrides(tmp, n) + [f"ray.num_cpus={num_cpus}"]
-    load_dataset(compose(base).dataset)  # generate the videos outside the timings
+    ensure_demo(compose(base).dataset)  # generate the videos outside the timings
     start_ray({"num_cpus": num_cpus})
     warm = compose(base + [f"out={tmp}/warm", "features.modalities=[rgb]"])
     run_extract(warm)  # pays one-off costs (actor imports, page cache) before anything is timed
@@ -76,10 +77,10 @@ def _tree_rss(proc: psutil.Process) -> int:
 
 
 def bench_memory(tmp: Path, n: int, num_cpus: int) -> dict:
-    from pipeline.datasets import load_dataset
+    from pipeline.demo import ensure_demo
 
     base = demo_overrides(tmp, n)
-    load_dataset(compose(base).dataset)
+    ensure_demo(compose(base).dataset)
     cmd = [sys.executable, str(ROOT / "scripts/extract.py"), *base, f"out={tmp}/mem_{n}", f"ray.num_cpus={num_cpus}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

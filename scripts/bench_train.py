@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from core.modalities import FRAME
+
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE_MODALITIES = ("rgb", "depth", "flow", "normal")
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -40,7 +41,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def reader_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
-    from model.data import collate
+    from trainer.data import collate
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                                          num_workers=workers, generator=torch.Generator().manual_seed(0))
@@ -61,21 +62,19 @@ def main(argv: list[str]) -> dict:
     args, overrides = parser.parse_known_args(argv)
 
     from extractors.encoder import build_random
-    from model.data import to_device
-    from model.recipe import Trainer
+    from trainer.data import to_device
+    from trainer.recipe import Trainer
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             f"run_dir={ROOT}/bench/tmp/train", "trainer.resume=never", "trainer.data.num_workers=0",
-            "trainer.max_steps=0",
-            # step time does not depend on the frozen LLM's values: skip training the stand-in
-            "model.standin.enabled=false", *overrides])
+            "trainer.max_steps=0", *overrides])
     torch.set_num_threads(max(1, torch.get_num_threads()))
     trainer = Trainer(cfg)
     trainer.model.train()
-    image_mods = [m for m in trainer.modalities if m in IMAGE_MODALITIES]
+    image_mods = [m for m in trainer.modalities if m in FRAME]
     dataset = trainer.data["train"]
-    bs = cfg.trainer.batch_size
+    bs = trainer.tc.batch_size
     batch = next(iter(trainer.train_loader))
     batch = to_device(batch, trainer.device)
 

@@ -9,8 +9,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from core.store import StoreError
 from pipeline.extract import ExtractError, run_extract
-from pipeline.store import StoreError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="extract")

@@ -9,10 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -44,7 +42,7 @@ def main(argv: list[str]) -> None:
         cfg = compose(config_name="train", overrides=overrides)
     widths = {}
     if cfg.model.get("vision_width") is None:  # the tiny preset sizes itself from the store
-        from model.recipe import feature_widths, open_store
+        from trainer.data import feature_widths, open_store
         widths = feature_widths(open_store(cfg))
     model = instantiate(cfg.model, device="meta", **widths, _convert_="all")
     print(f"{cfg.model._target_.rsplit('.', 1)[-1]} on the meta device (no weights), modalities "

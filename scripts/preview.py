@@ -9,10 +9,10 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from pipeline.config import resolve_features
+from core.features import resolve_features
+from core.schema import VideoEntry, safe_video_id
+from core.store import ShardSpec
 from pipeline.graph import DecodeStage, ExtractorStage, initial_payload
-from pipeline.schema import VideoEntry, safe_video_id
-from pipeline.store import ShardSpec
 
 
 def pick_video(cfg: DictConfig) -> VideoEntry:
@@ -20,8 +20,10 @@ def pick_video(cfg: DictConfig) -> VideoEntry:
     wanted = cfg.preview.video
     if wanted and Path(str(wanted)).exists():
         return VideoEntry(safe_video_id(Path(str(wanted)).stem), str(wanted), "preview")
-    from pipeline.datasets import load_dataset
+    from core.datasets import load_dataset
+    from pipeline.demo import ensure_demo
 
+    ensure_demo(cfg.dataset)
     videos = load_dataset(cfg.dataset).videos
     if not videos:
         raise SystemExit(f"dataset {cfg.dataset.name} lists no videos")

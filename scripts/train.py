@@ -11,10 +11,10 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from model.checkpoint import CheckpointError
-from model.pretrained import PretrainedWeightsError
-from model.recipe import Trainer
-from pipeline.store import StoreError
+from core.hub import ModelUnavailableError
+from core.store import StoreError
+from trainer.checkpoint import CheckpointError
+from trainer.recipe import Trainer
 
 # A deprecation inside peft's transformers checks, once per adapter: noise for users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
                   f"run the same command with a larger max_steps (or 0) to continue")
             return
         trainer.test()
-    except (StoreError, PretrainedWeightsError, CheckpointError, ValueError) as exc:  # user-fixable
+    except (StoreError, ModelUnavailableError, CheckpointError, ValueError) as exc:  # user-fixable
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"run folder: {cfg.run_dir} (metrics.jsonl, curves.png, report.md, checkpoints/)")

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from pipeline.config import config_hash, resolve_features
+from core.features import config_hash, resolve_features, stage_order
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
@@ -63,8 +63,46 @@ def test_preview_config_composes():
 
 @pytest.mark.parametrize("name", EXTRACTORS)
 def test_every_extractor_config_names_an_importable_class_and_resources(name):
-    cfg = OmegaConf.load(CONF / "extractor" / f"{name}.yaml")
+    cfg = make(f"extractor/{name}", [])  # with its defaults: a *_tiny preset is its full one + overrides
+    cfg = cfg.extractor if "extractor" in cfg else cfg
     assert get_class(cfg._target_)
+    assert cfg.provides and cfg.needs is not None
     assert {"num_cpus", "concurrency"} <= set(cfg.resources)
     first = (CONF / "extractor" / f"{name}.yaml").read_text().splitlines()[0]
     assert first.startswith("#"), "config files start with the command that uses them"
+
+
+def test_stage_order_follows_needs_and_provides():
+    stages = {  # listed in the wrong order on purpose
+        "pointcloud": {"needs": ["maps.depth", "features.rgb"], "provides": ["features.pointcloud"]},
+        "encoder": {"needs": ["frames", "images.depth"], "provides": ["features.rgb"]},
+        "audio": {"needs": ["audio"], "provides": ["features.audio"]},
+        "depth": {"needs": ["frames"], "provides": ["maps.depth", "images.depth"]},
+    }
+    assert stage_order(stages) == ["audio", "depth", "encoder", "pointcloud"]
+    stages["depth"]["needs"] = ["features.pointcloud"]
+    with pytest.raises(ValueError, match="cycle"):
+        stage_order(stages)
+
+
+def test_a_modality_whose_stage_does_not_provide_it_is_an_error():
+    cfg = make("extract", ["features.modalities=[rgb,audio]", "features.extractors.audio.provides=[features.sound]"])
+    with pytest.raises(ValueError, match="features.extractors.audio.provides does not list features.audio"):
+        resolve_features(cfg.features)
+
+
+@pytest.mark.parametrize("group, tiny, full", [("model", "crema_tiny", "crema_full"), ("trainer", "tiny", "full"),
+                                               ("extractor", "depth_tiny", "depth"),
+                                               ("extractor", "encoder_tiny", "encoder"),
+                                               ("extractor", "audio_tiny", "audio")])
+def test_tiny_presets_are_their_full_preset_plus_overrides(group, tiny, full):
+    """A key the tiny file does not set comes from the full preset (Hydra defaults inheritance)."""
+    def load(name):
+        cfg = make(f"{group}/{name}", {"model": ["+dataset.modalities=[rgb]"], "trainer": ["+seed=0"]}.get(group, []))
+        return OmegaConf.to_container(cfg[group] if group in cfg else cfg, resolve=True)
+
+    small, big = load(tiny), load(full)
+    own = OmegaConf.load(CONF / group / f"{tiny}.yaml")
+    assert "defaults" in own and full in list(own.defaults)
+    inherited = [k for k in big if k not in own]
+    assert inherited and all(small[k] == big[k] for k in inherited)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipeline.datasets import ADAPTERS, load_dataset
-from pipeline.schema import QARecord, VideoEntry, safe_video_id
+from core.datasets import ADAPTERS, load_dataset
+from core.schema import QARecord, VideoEntry, safe_video_id
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

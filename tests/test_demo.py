@@ -23,7 +23,7 @@ from pipeline.demo import (
     plan_demo,
     questions_for,
 )
-from pipeline.schema import SPLITS
+from core.schema import SPLITS
 
 SMALL = 10
 # Image coordinates: x grows rightwards, y downwards. Written out here, not imported, so a sign

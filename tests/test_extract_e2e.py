@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 from media import write_broken_set
-from pipeline.store import MARKER, FeatureStore, StoreMismatchError
+from core.store import MARKER, FeatureStore, StoreMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -126,7 +126,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
 def test_store_from_another_config_is_refused(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import config_hash
+    from core.features import config_hash
 
     data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}"]
     run_extract(*data, "features.modalities=[rgb]")

@@ -120,7 +120,7 @@ def test_raft_weights_offline_name_the_url_and_local_path(monkeypatch, tmp_path)
     cfg = OmegaConf.load(CONF / "flow_raft.yaml")
     cfg.num_frames_stored = 2
     cfg.resources.device = "cpu"
-    from extractors.hub import ModelUnavailableError
+    from core.hub import ModelUnavailableError
 
     with pytest.raises(ModelUnavailableError) as info:
         FlowExtractor(cfg)

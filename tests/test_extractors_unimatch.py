@@ -56,7 +56,7 @@ def test_missing_checkpoint_names_the_url(monkeypatch, tmp_path):
     cfg = OmegaConf.load(CONF / "flow_unimatch.yaml")
     cfg.num_frames_stored = 1
     cfg.resources.device = "cpu"
-    from extractors.hub import ModelUnavailableError
+    from core.hub import ModelUnavailableError
 
     with pytest.raises(ModelUnavailableError, match="unimatch_scale2_refine6-mixdata-398760b1.ckpt"):
         FlowExtractor(cfg)

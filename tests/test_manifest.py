@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.manifest import build_manifest
-from pipeline.schema import DatasetIndex, VideoEntry, safe_video_id
+from core.schema import DatasetIndex, VideoEntry, safe_video_id
 
 
 def index(ids_by_split):

@@ -6,15 +6,17 @@ import pytest
 import torch
 from transformers import ByT5Tokenizer
 
+from core.hub import ModelUnavailableError
+from core.schema import QARecord
 from model.config import CremaConfig
-from model.crema import crema_full, crema_tiny
 from model.fusion import EspressoFusion, align_to_frames, assemble
-from model.metrics import chance_level, lenient_match, score, strict_match, summarize
-from model.pretrained import PretrainedWeightsError, resolve
-from model.prompts import PromptConfig, choice_token_ids, prompt_text, target_text
-from pipeline.schema import QARecord
+from model.pretrained import resolve
+from model.scoring import choice_token_ids
+from presets import build, trainer_preset
 from scripts.params import table
 from test_model_mmqa import VISION, fake_batch, tiny
+from trainer.metrics import chance_level, lenient_match, score, strict_match, summarize
+from trainer.prompts import prompt_text, target_text
 
 
 def seq_len(model, batch, **kw):
@@ -158,7 +160,7 @@ def test_tiny_preset_is_identical_in_every_build():
 
 
 def test_full_preset_counts_3961600_per_mmqa_on_meta():
-    model = crema_full(device="meta", modalities=["rgb", "depth", "audio", "pointcloud"])
+    model = build("crema_full", device="meta", modalities=["rgb", "depth", "audio", "pointcloud"])
     rows = dict(table(model))
     assert rows["MMQA-rgb"] == [2_359_296, 24_576, 2_816, 1_574_912, 0, 3_961_600]
     assert rows["MMQA-depth"][-1] == rows["MMQA-pointcloud"][-1] == 3_961_600
@@ -170,13 +172,13 @@ def test_full_preset_counts_3961600_per_mmqa_on_meta():
 def test_full_preset_offline_error_names_id_revision_and_config_key(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(PretrainedWeightsError) as err:
+    with pytest.raises(ModelUnavailableError) as err:
         resolve("Salesforce/blip2-flan-t5-xl", "0eb0d3b46c14c1f8c7680bca2693baafdb90bb28",
                 config_key="model.blip2", patterns=["config.json"])
     msg = str(err.value)
     assert "hf download Salesforce/blip2-flan-t5-xl --revision 0eb0d3b46c14c1f8c7680bca2693baafdb90bb28" in msg
     assert "model.blip2=" in msg
-    with pytest.raises(PretrainedWeightsError, match="holds no config.json"):
+    with pytest.raises(ModelUnavailableError, match="holds no config.json"):
         resolve(str(tmp_path / "absent"), "main", config_key="model.t5_model", patterns=[])
 
 
@@ -191,7 +193,8 @@ def test_config_validation():
 def test_prompts_and_targets():
     r = QARecord(qid="motion_v_0", video_id="v", split="train", question="Which way?", answer="left",
                  options=("up", "left"), answer_idx=1, qtype="motion")
-    assert prompt_text(r, PromptConfig()).startswith(
+    prompt = trainer_preset("full").prompt  # CREMA's prompt
+    assert prompt_text(r, prompt).startswith(
         "Question: Which way? Option A: up Option B: left Considering")
     assert target_text(r) == "Option B"
 
@@ -212,4 +215,4 @@ def test_metrics_strict_and_lenient():
 
 def test_audio_width_is_required():
     with pytest.raises(ValueError, match="audio_width"):
-        crema_tiny(vision_width=VISION, modalities=["rgb", "audio"])
+        build("crema_tiny", vision_width=VISION, modalities=["rgb", "audio"])

@@ -8,16 +8,17 @@ import re
 import pytest
 import torch
 
-from model.crema import crema_tiny
 from model.mmqa import sinusoid_table, voxel_position_table
 from peft.tuners.lora import LoraLayer
+
+from presets import build
 
 MODS = ["rgb", "depth", "flow", "audio", "pointcloud"]
 VISION, AUDIO = 48, 32
 
 
 def tiny(**kw):
-    return crema_tiny(vision_width=VISION, audio_width=AUDIO, **{"modalities": MODS, **kw})
+    return build("crema_tiny", vision_width=VISION, audio_width=AUDIO, **{"modalities": MODS, **kw})
 
 
 def fake_batch(mods=MODS, b=2, t=4, seed=0):

@@ -4,9 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.store import (MARKER, FeatureStore, ShardSpec, StoreError, StoreMismatchError, collect_markers,
-                            init_store, read_marker, remove_stale_temporaries, shard_is_valid, write_failures,
-                            write_shard)
+from core.store import (MARKER, FeatureStore, ShardSpec, StoreError, StoreMismatchError, collect_markers,
+                        read_marker, shard_is_valid)
+from pipeline.store import init_store, remove_stale_temporaries, write_failures, write_shard
 
 
 def video(vid, *, audio=True, failed=None, seed=0):

@@ -12,12 +12,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from model import checkpoint
-from model.data import sample_frames, sample_points
-from model.optim import should_exit, warmup_cosine
-from model.recipe import Trainer, load_for_eval
-from pipeline.config import config_hash, to_plain
-from pipeline.store import ShardSpec, init_store, write_shard
+from core.features import config_hash
+from core.store import FeatureStore, ShardSpec
+from core.util import to_plain
+from pipeline.store import init_store, write_shard
+from trainer import checkpoint
+from trainer.data import sample_frames, sample_points
+from presets import build
+from trainer.evaluate import load_for_eval, run_eval
+from trainer.optim import should_exit, warmup_cosine
+from trainer.recipe import Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODS = ["rgb", "flow", "audio"]
@@ -33,8 +37,7 @@ def compose_train(tmp: Path, *overrides: str):
             "dataset.val_from_train=null", f"dataset.modalities=[{','.join(MODS)}]",
             "features=tiny", f"store={tmp}/store", f"run_dir={tmp}/run", "trainer.batch_size=4",
             "trainer.eval_batch_size=8", "trainer.epochs=2", "trainer.warmup_steps=2", "trainer.data.num_workers=0",
-            "trainer.log_every=1", "model.num_frames=3", "model.standin.enabled=false",
-            f"model.standin.cache_dir={tmp}/backbones", *overrides])
+            "trainer.log_every=1", "model.num_frames=3", *overrides])
 
 
 def write_fixture(tmp: Path, cfg, *, videos: int = 12, lacking: dict | None = None) -> None:
@@ -121,7 +124,6 @@ def test_dataset_aligns_frame_modalities_and_applies_the_missing_policy(setup):
     assert train.summary()["missing"] == {"audio": 2, "flow": 2} and train.dropped == 4
     assert {r.video_id for r in train.records}.isdisjoint({"vid01", "vid02"})
     # aligned: flow's sampled frames are the same stored frames as rgb's
-    from pipeline.store import FeatureStore
     store = FeatureStore(cfg.store)
     for epoch in (0, 1):
         train.set_epoch(epoch)
@@ -170,7 +172,7 @@ def test_sequential_epoch_checkpoint_holds_every_modality(setup):
     opt = load_file(str(last / "optimizer.safetensors"))
     assert all(any(k.startswith(f"{n}::") for k in opt) for n in saved)
     best = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "best")
-    model, state = load_for_eval(best, torch.device("cpu"))
+    model, _, state = load_for_eval(best, torch.device("cpu"))
     assert state["model_config"]["modalities"] == MODS
     assert (Path(cfg.run_dir) / "curves.png").stat().st_size > 10_000
 
@@ -180,11 +182,10 @@ def test_strict_loading_refuses_unknown_and_missing_keys(setup):
     trainer = Trainer(cfg)
     trainer.train()
     last = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "last")
-    from model.crema import crema_tiny
-    fewer = crema_tiny(vision_width=VIT, audio_width=AUD, modalities=["rgb", "flow"], num_frames=3)
+    fewer = build("crema_tiny", vision_width=VIT, audio_width=AUD, modalities=["rgb", "flow"], num_frames=3)
     with pytest.raises(checkpoint.CheckpointError, match=r"unknown keys .*audio"):
         checkpoint.load_model(fewer, last)
-    more = crema_tiny(vision_width=VIT, audio_width=AUD, modalities=MODS + ["depth"], num_frames=3)
+    more = build("crema_tiny", vision_width=VIT, audio_width=AUD, modalities=MODS + ["depth"], num_frames=3)
     with pytest.raises(checkpoint.CheckpointError, match=r"missing keys .*depth"):
         checkpoint.load_model(more, last)
 
@@ -216,34 +217,30 @@ def test_resume_refuses_a_run_with_other_settings(setup):
         Trainer(compose_train(Path(cfg.store).parent, "trainer.max_steps=2", "trainer.lr=0.5"))
 
 
-def test_trainer_builds_caches_and_loads_the_standin_llm(setup, monkeypatch):
-    on = ("model.standin.enabled=true", "model.standin.steps=2", "model.standin.batch_size=2",
-          "model.answer_tokens=true", "model.t5.vocab_size=400")
-    cfg = setup(*on, "trainer.epochs=1", "trainer.max_steps=1")
+def test_answer_tokens_are_the_train_answers(setup):
+    cfg = setup("model.answer_tokens=true", "model.t5.vocab_size=400", "trainer.epochs=1", "trainer.max_steps=1")
     trainer = Trainer(cfg)
-    mc = trainer.model.config
-    assert mc.phrase_tokens == ["blue", "green", "red"]  # the train split's answers, sorted
+    assert trainer.model.config.phrase_tokens == ["blue", "green", "red"]  # the train split's answers, sorted
     tok = trainer.model.tokenizer
     assert tok("red", add_special_tokens=False).input_ids == [tok.convert_tokens_to_ids("red")]
-    path = Path(mc.t5_weights)
-    assert path.is_file() and path.parent == Path(cfg.model.standin.cache_dir).resolve()
-    saved = load_file(str(path))
-    llm = trainer.model.llm.state_dict()
-    assert all(torch.equal(llm[k], v) for k, v in saved.items())
-    summary = json.loads(path.with_suffix(".json").read_text())
-    assert summary["steps"] == 2 and set(summary["heldout"]) == {"with_answer", "without_answer"}
-    trainer.train()
 
-    import model.standin as standin
 
-    def no_training(*a, **k):
-        raise AssertionError("the cached stand-in was trained again")
-    monkeypatch.setattr(standin, "train_standin", no_training)
-    again = Trainer(compose_train(Path(cfg.store).parent, *on, "trainer.epochs=1", "trainer.max_steps=1"))
-    assert again.model.config.t5_weights == str(path)  # same settings: the cache, and the resume check passes
-    best = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "last")
-    model, _ = load_for_eval(best, torch.device("cpu"))
-    assert all(torch.equal(model.llm.state_dict()[k], v) for k, v in saved.items())
-    path.unlink()
-    with pytest.raises(ValueError, match="stand-in LLM that `make train` trains"):
-        load_for_eval(best, torch.device("cpu"))
+def test_eval_uses_the_prompt_the_checkpoint_was_trained_with(setup, tmp_path):
+    trained = "Trained {question}"
+    cfg = setup("trainer.epochs=1", "trainer.max_steps=2", f"trainer.prompt.multiple_choice='{trained}'")
+    Trainer(cfg).train()
+    ckpt = checkpoint.resolve(Path(cfg.run_dir) / "checkpoints", "last")
+    _, prompt, _ = load_for_eval(ckpt, torch.device("cpu"))
+    assert prompt.multiple_choice == trained
+    # the eval app composes another trainer preset (another prompt): the checkpoint's still wins
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        ecfg = compose(config_name="eval", overrides=[
+            "dataset=nextqa", f"dataset.root={tmp_path}", *[f"dataset.annotations.{s}={tmp_path}/ann/{s}.json"
+                                                             for s in ("train", "val", "test")],
+            "dataset.val_from_train=null", f"dataset.modalities=[{','.join(MODS)}]", "features=tiny",
+            "trainer=full", f"store={cfg.store}", f"run_dir={cfg.run_dir}", f"ckpt={ckpt}", "eval.split=val",
+            "trainer.data.num_workers=0"])
+    assert ecfg.trainer.prompt.multiple_choice != trained
+    results = run_eval(ecfg)
+    saved = json.loads((Path(cfg.run_dir) / "eval" / "val.json").read_text())
+    assert saved["prompt"]["multiple_choice"] == trained and results[0]["summary"]["n"] == 4

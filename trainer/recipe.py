@@ -3,7 +3,8 @@
 Read top to bottom: `Trainer.__init__` sets everything up (store, questions, model, optimizer,
 resume); `train()` runs epochs of `optimizer_step`s; `_end_epoch` validates, applies the
 gradient-norm early exit and checkpoints; `test()` evaluates the best-on-validation weights on
-the test split. scripts/train.py and scripts/eval.py are thin Hydra wrappers around this.
+the test split. scripts/train.py is a thin Hydra wrapper around this; evaluation of a saved
+checkpoint is trainer/evaluate.py.
 
 Modality-sequential training: every optimizer step (a group of `grad_accum` micro-batches) runs
 one forward/backward/step PER active modality. In modality m's pass the whole model runs
@@ -13,7 +14,6 @@ they move; the other modalities' tokens come from their current weights without 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,102 +24,22 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from model import checkpoint
-from model.config import CremaConfig
-from model.crema import Crema, crema
-from model.data import DataConfig, EpochSampler, QADataset, collate, to_device
-from model.metrics import chance_level, qtype_table, score, summarize
-from model.optim import build_optimizer, grad_norm, should_exit
-from model.prompts import PromptConfig, option_target, prompt_text, target_text
-from model.standin import StandinConfig, phrase_tokenizer, standin_weights
-from model.report import MetricsLog, plot_curves
-from pipeline.config import config_hash
-from pipeline.datasets import load_dataset
-from pipeline.store import FeatureStore
+from core.datasets import load_dataset
+from core.features import config_hash
+from core.util import pick_device
+from model.crema import Crema
+from trainer import checkpoint
+from trainer.config import TrainerConfig
+from trainer.data import (EpochSampler, collate, eval_loader, feature_widths, open_store, own_generator,
+                          split_datasets, to_device)
+from trainer.evaluate import autocast, evaluate, write_report
+from trainer.optim import build_optimizer, grad_norm, should_exit
+from trainer.report import MetricsLog, plot_curves
 
 log = logging.getLogger(__name__)
-
-# Trainer keys that change what a run computes: a resume refuses a checkpoint made with others.
-RESUME_KEYS = ("batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "warmup_steps",
-               "epochs", "sequential", "data", "prompt")
-
-
-# ---------------------------------------------------------------------- shared with scripts/eval.py
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def open_store(cfg: DictConfig) -> FeatureStore:
-    """The run's feature store, refused unless it was written with this config's `features`."""
-    return FeatureStore(cfg.store, expected_config_hash=config_hash(cfg.features))
-
-
-def feature_widths(store: FeatureStore) -> dict:
-    """vision_width / audio_width of the cached features, as the model config names them."""
-    widths = {}
-    for m in ("rgb", "depth", "flow", "normal", "pointcloud"):
-        if m in store.modalities:
-            widths["vision_width"] = store.modalities[m]["shape"][-1]
-            break
-    if "audio" in store.modalities:
-        widths["audio_width"] = store.modalities["audio"]["shape"][-1]
-    return widths
-
-
-def split_datasets(cfg: DictConfig, store: FeatureStore, modalities: list[str], num_frames: int,
-                   splits=("train", "val", "test"), index=None) -> dict[str, QADataset]:
-    """QADatasets per split; `index`: the dataset's loaded annotations (None: load them)."""
-    index = index if index is not None else load_dataset(cfg.dataset)
-    data = DataConfig(**OmegaConf.to_container(cfg.trainer.data, resolve=True))
-    prompt = PromptConfig(**OmegaConf.to_container(cfg.trainer.prompt, resolve=True))
-    return {s: QADataset(store, index.qa.get(s, []), modalities, num_frames=num_frames, train=s == "train",
-                         data=data, prompt=prompt, split=s) for s in splits}
-
-
-def eval_loader(ds: QADataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                                       num_workers=num_workers, generator=_own_generator())
-
-
-def _own_generator() -> torch.Generator:
-    """A DataLoader draws a seed from its generator per iterator; with the global one, that draw
-    would shift the dropout masks of a resumed run. Our sampling never uses this generator."""
-    return torch.Generator().manual_seed(0)
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on GPU only; CPU runs in float32."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate(model: Crema, loader, device: torch.device, *, modalities=None, lora_off=(), bf16=True,
-             desc="eval") -> tuple[dict, list[dict]]:
-    """(summary with strict/lenient accuracy overall and per question type, per-question rows)."""
-    was_training = model.training
-    model.eval()
-    rows = []
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        with autocast(device, bf16):
-            preds = model.predict(to_device(batch, device), modalities=modalities, lora_off=lora_off)
-        for i, p in enumerate(preds):
-            s = score(p, batch["answer"][i], int(batch["answer_idx"][i]))
-            rows.append({"qid": batch["qid"][i], "qtype": batch["qtype"][i], "prediction": p["text"],
-                         "choice": p["choice"], "answer": batch["answer"][i],
-                         "num_options": len(batch["options"][i]), **s})
-    model.train(was_training)
-    summary = summarize(rows)
-    summary["chance"] = chance_level(rows)
-    return summary, rows
 
 
 # ---------------------------------------------------------------------- training state
@@ -146,7 +66,7 @@ class Trainer:
     """One training run in `cfg.run_dir` (conf/train.yaml)."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, self.tc = cfg, cfg.trainer
+        self.cfg, self.tc = cfg, TrainerConfig.from_cfg(cfg.trainer)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = pick_device(cfg.device)
@@ -161,7 +81,8 @@ class Trainer:
         self.model = self._build_model()
         self.model.to(self.device)
         self.modalities = self.model.modalities
-        self.data = split_datasets(cfg, self.store, self.modalities, self.model.config.num_frames, index=self.index)
+        self.data = split_datasets(self.index, self.store, self.modalities, self.model.config.num_frames,
+                                   data=self.tc.data, prompt=self.tc.prompt)
         if not self.data["train"].records:
             raise ValueError(f"dataset {cfg.dataset.name}: no training questions with features in {cfg.store}")
         if not self.data["val"].records:
@@ -170,7 +91,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data["train"]), shuffle=True, seed=cfg.seed)
         self.train_loader = torch.utils.data.DataLoader(
             self.data["train"], batch_size=self.tc.batch_size, sampler=self.sampler, collate_fn=collate,
-            num_workers=self.tc.data.num_workers, generator=_own_generator())
+            num_workers=self.tc.data.num_workers, generator=own_generator())
         self.steps_per_epoch = math.ceil(math.ceil(len(self.data["train"]) / self.tc.batch_size) / self.tc.grad_accum)
         self.optimizer, self.scheduler = build_optimizer(
             self.model.trainable_state(), lr=self.tc.lr, min_lr=self.tc.min_lr, weight_decay=self.tc.weight_decay,
@@ -187,39 +108,14 @@ class Trainer:
             given = self.cfg.model.get(key)
             if given is not None and given != value:
                 raise ValueError(f"model.{key}={given} but the store's features are {value} wide ({self.cfg.store})")
-        mc = self.cfg.model
-        standin = mc.get("standin", {}).get("enabled") and not mc.get("t5_weights")
-        if mc.get("answer_tokens") or standin:
-            records = self._text_records()
-        if mc.get("answer_tokens") and not mc.get("phrase_tokens"):
-            widths["phrase_tokens"] = sorted({r["answer"] for r in records})
-        if standin:
-            tok = phrase_tokenizer(list(widths.get("phrase_tokens", mc.get("phrase_tokens") or [])))
-            cfg = StandinConfig(**OmegaConf.to_container(mc.standin, resolve=True))
-            path = standin_weights(OmegaConf.to_container(mc.t5, resolve=True), records, cfg, tok)
-            widths["t5_weights"] = str(path.resolve())
-        return instantiate(mc, **widths, _convert_="all")
-
-    def _text_records(self) -> list[dict]:
-        """The train split's questions as text only (prompt, options, answer, loss target): what the
-        stand-in LLM and the answer tokens are built from. No features, no val/test."""
-        mc = self.cfg.model
-        prompt = PromptConfig(**OmegaConf.to_container(self.tc.prompt, resolve=True))
-        letter = mc.choice_scoring == "letter"
-        records = []
-        for r in self.index.qa.get("train", []):
-            records.append({
-                "prompt": prompt_text(r, prompt), "options": list(r.options), "answer": r.answer,
-                "target": target_text(r) if letter else r.answer,
-                "candidates": [option_target(i) if letter else o for i, o in enumerate(r.options)],
-                "answer_idx": -1 if r.answer_idx is None else r.answer_idx})
-        return records
+        if self.cfg.model.get("answer_tokens") and not self.cfg.model.get("phrase_tokens"):
+            widths["phrase_tokens"] = sorted({r.answer for r in self.index.qa.get("train", [])})
+        return instantiate(self.cfg.model, **widths, _convert_="all")
 
     def _resume_config(self) -> dict:
-        trainer = OmegaConf.to_container(self.tc, resolve=True)
         return {"model": dataclasses.asdict(self.model.config), "seed": self.cfg.seed,
                 "features": config_hash(self.cfg.features), "dataset": self.cfg.dataset.name,
-                "trainer": {k: trainer[k] for k in RESUME_KEYS}}
+                "trainer": self.tc.resume_view()}
 
     def _maybe_resume(self) -> None:
         mode = self.tc.resume
@@ -399,7 +295,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _state_json(self) -> dict:
-        return {"model_config": dataclasses.asdict(self.model.config), "resume_config": self._resume_config(),
+        return {"model_config": dataclasses.asdict(self.model.config), "prompt": dataclasses.asdict(self.tc.prompt),
+                "resume_config": self._resume_config(),
                 "train_state": dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
                 "store_config_hash": self.store.config_hash}
 
@@ -426,23 +323,3 @@ class Trainer:
         write_report(self.run_dir / "report.md", results, best, self.modalities)
         plot_curves(self.log.read(), self.run_dir / "curves.png")
         return results
-
-
-def write_report(path: Path, results: dict, ckpt: Path, modalities: list[str]) -> str:
-    """report.md: per-question-type tables (strict EM and the reference's lenient score)."""
-    parts = [f"# Results of {ckpt}", "", f"Modalities: {', '.join(modalities)}", ""]
-    for split, summary in results.items():
-        chance = f" (chance {summary['chance']:.1f}%)" if summary.get("chance") is not None else ""
-        parts += [qtype_table(summary, f"{split}{chance}"), ""]
-    text = "\n".join(parts)
-    Path(path).write_text(text)
-    print(text)
-    return text
-
-
-def load_for_eval(directory: Path, device: torch.device) -> tuple[Crema, dict]:
-    """Rebuild the model a checkpoint was trained with and load its weights strictly."""
-    state = checkpoint.read_state(directory)
-    model = crema(CremaConfig.from_dict(state["model_config"]))
-    checkpoint.load_model(model, directory)
-    return model.to(device).eval(), state

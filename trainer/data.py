@@ -16,17 +16,16 @@ Both are counted per split and modality (`QADataset.missing`) and logged.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from model.config import FRAME_MODALITIES
-from model.prompts import PromptConfig, prompt_text, target_text
-from pipeline.schema import QARecord
-from pipeline.store import FeatureStore
-
-MISSING_POLICIES = ("drop", "zero")
+from core.features import config_hash
+from core.modalities import FRAME, NAMES, get, kind
+from core.schema import DatasetIndex, QARecord
+from core.store import FeatureStore
+from trainer.config import DataConfig, PromptConfig
+from trainer.prompts import prompt_text, target_text
 
 
 def sample_frames(num_stored: int, num_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -56,23 +55,11 @@ def sample_points(num_points: int, max_points: int, rng: np.random.Generator | N
     return np.sort(rng.choice(num_points, size=max_points, replace=False))
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """`trainer.data` in conf/train.yaml."""
-
-    missing: str = "drop"
-    max_points: int = 5000
-    num_workers: int = 0
-    seed: int = 0
-
-
 class QADataset(torch.utils.data.Dataset):
     """Questions of one split joined with their videos' cached features."""
 
     def __init__(self, store: FeatureStore, records: list[QARecord], modalities: list[str], *,
                  num_frames: int, train: bool, data: DataConfig, prompt: PromptConfig, split: str):
-        if data.missing not in MISSING_POLICIES:
-            raise ValueError(f"trainer.data.missing={data.missing!r}: choose from {list(MISSING_POLICIES)}")
         absent = [m for m in modalities if m not in store.modalities]
         if absent:
             raise ValueError(f"store {store.root} has no {absent} features at all (it has "
@@ -121,7 +108,7 @@ class QADataset(torch.utils.data.Dataset):
         store = self._store()
         present = {m: store.has(r.video_id, m) for m in self.modalities}
         arrays = {m: store.get(r.video_id, m) if present[m] else None for m in self.modalities}
-        stored = {m: a.shape[0] for m, a in arrays.items() if m in FRAME_MODALITIES and a is not None}
+        stored = {m: a.shape[0] for m, a in arrays.items() if m in FRAME and a is not None}
         if len(set(stored.values())) > 1:
             raise ValueError(f"video {r.video_id}: frame modalities hold different numbers of stored frames "
                              f"{stored}; they must share frame indices (re-extract this video)")
@@ -129,12 +116,12 @@ class QADataset(torch.utils.data.Dataset):
         feats, extra = {}, {}
         for m, arr in arrays.items():
             shape = store.modalities[m]["shape"]
-            if m in FRAME_MODALITIES:
+            if m in FRAME:
                 feats[m] = arr[frames] if arr is not None else np.zeros((self.num_frames, *shape[1:]), np.float16)
-            elif m == "pointcloud" and arr is not None:
+            elif kind(m) == "points" and arr is not None:
                 keep = sample_points(arr.shape[0], self.data.max_points, rng)
-                feats[m], extra["xyz"] = arr[keep], store.get(r.video_id, "pointcloud_xyz")[keep]
-            elif m == "pointcloud":  # one zero point: the Q-Former needs something to attend to
+                feats[m], extra["xyz"] = arr[keep], store.get(r.video_id, get(m).store_keys[1])[keep]  # its voxel xyz
+            elif kind(m) == "points":  # one zero point: the Q-Former needs something to attend to
                 feats[m], extra["xyz"] = np.zeros((1, shape[-1]), np.float16), np.zeros((1, 3), np.uint8)
             else:
                 feats[m] = arr if arr is not None else np.zeros(shape, np.float16)
@@ -153,7 +140,7 @@ def collate(samples: list[dict]) -> dict:
     out["features"], out["present"], out["masks"], out["xyz"] = {}, {}, {}, {}
     for m in samples[0]["features"]:
         out["present"][m] = torch.tensor([s["present"][m] for s in samples])
-        if m == "pointcloud":
+        if kind(m) == "points":
             n = max(s["features"][m].shape[0] for s in samples)
             feats = torch.zeros(len(samples), n, samples[0]["features"][m].shape[-1], dtype=torch.float16)
             xyz = torch.zeros(len(samples), n, 3, dtype=torch.long)
@@ -202,3 +189,37 @@ def to_device(batch: dict, device: torch.device) -> dict:
         else:
             out[k] = v
     return out
+
+
+def open_store(cfg) -> FeatureStore:
+    """The run's feature store (`cfg.store`), refused unless it was written with `cfg.features`."""
+    return FeatureStore(cfg.store, expected_config_hash=config_hash(cfg.features))
+
+
+def feature_widths(store: FeatureStore) -> dict:
+    """vision_width / audio_width of the cached features, as the model config names them: the
+    ViT token width (frame and point modalities) and the audio encoder's (clip modalities)."""
+    widths = {}
+    for key, kinds in (("vision_width", ("frame", "points")), ("audio_width", ("clip",))):
+        found = [m for m in NAMES if kind(m) in kinds and m in store.modalities]
+        if found:
+            widths[key] = store.modalities[found[0]]["shape"][-1]
+    return widths
+
+
+def split_datasets(index: DatasetIndex, store: FeatureStore, modalities: list[str], num_frames: int, *,
+                   data: DataConfig, prompt: PromptConfig, splits=("train", "val", "test")) -> dict[str, "QADataset"]:
+    """QADatasets per split from the dataset's loaded annotations."""
+    return {s: QADataset(store, index.qa.get(s, []), modalities, num_frames=num_frames, train=s == "train",
+                         data=data, prompt=prompt, split=s) for s in splits}
+
+
+def own_generator() -> torch.Generator:
+    """A DataLoader draws a seed from its generator per iterator; with the global one, that draw
+    would shift the dropout masks of a resumed run. Our sampling never uses this generator."""
+    return torch.Generator().manual_seed(0)
+
+
+def eval_loader(ds: QADataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                                       num_workers=num_workers, generator=own_generator())

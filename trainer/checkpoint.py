@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.util import TMP_PREFIX, write_json_atomic
+
 STATE = "state.json"
 _NAME = re.compile(r"^(last|best)-(\d+)$")
 
@@ -43,7 +45,7 @@ def save(root: Path, kind: str, step: int, *, model, state: dict, optimizer=None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{kind}-{step:06d}"
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:6]}"
+    tmp = root / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     _save_tensors(model.trainable_state(), tmp / "model.safetensors")
     if optimizer is not None:
@@ -51,10 +53,7 @@ def save(root: Path, kind: str, step: int, *, model, state: dict, optimizer=None
         _save_tensors(rng_tensors(), tmp / "rng.safetensors")
         state = {**state, "rng": rng_json(), "optimizer_groups": optimizer_groups(optimizer)}
     state = {**state, "kind": kind, "step": step}
-    with open(tmp / STATE, "w") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+    write_json_atomic(tmp / STATE, state)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)

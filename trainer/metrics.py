@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-
 NUMBER_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
                 "8": "eight", "9": "nine", "10": "ten"}
 
@@ -70,11 +68,3 @@ def qtype_table(summary: dict, title: str) -> str:
         lines.append(f"| {t} | {a['n']} | {a['strict']:.1f} | {a['lenient']:.1f} |")
     lines.append(f"| **all** | {summary['n']} | {summary['strict']:.1f} | {summary['lenient']:.1f} |")
     return "\n".join(lines)
-
-
-def mean_token_logprob(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """[N]: the mean log-probability of each row's target tokens (padding excluded) under
-    teacher-forced `logits` [N, T, V]. Multiple-choice options are ranked by it (option_text)."""
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_ids[..., None])[..., 0]
-    keep = target_mask.float()
-    return (logp * keep).sum(-1) / keep.sum(-1)

@@ -1,0 +1,103 @@
+"""The trainer's own config, typed: `trainer.` in conf/trainer/full.yaml (tiny.yaml = full + overrides).
+
+The yaml is the one source of the values: every field is required here, so a key missing from
+the yaml (or misspelt on the command line) is an error naming it, not a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from core.util import to_plain
+
+MISSING_POLICIES = ("drop", "zero")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """`trainer.data`: how questions meet their cached features."""
+
+    missing: str        # a modality missing for a video: drop the question | zero (zero + mask it)
+    max_points: int     # point-cloud points per sample (uniform subsample)
+    num_workers: int    # DataLoader workers
+    seed: int           # frame and point sampling draws from (seed, epoch, sample index)
+
+    def __post_init__(self) -> None:
+        if self.missing not in MISSING_POLICIES:
+            raise ValueError(f"trainer.data.missing={self.missing!r}: choose from {list(MISSING_POLICIES)}")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """`trainer.prompt`: {question} and {options} are filled per record. Saved in every
+    checkpoint: evaluation uses the prompt the weights were trained with."""
+
+    multiple_choice: str
+    open_ended: str
+    lowercase_question: bool   # MUSIC-AVQA lower-cases its questions
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig:
+    """`trainer.early_exit`: CREMA's gradient-norm rule, per modality."""
+
+    enabled: bool
+    tau: float          # exit when this epoch's mean LoRA grad norm > tau x mean of earlier epochs
+    start_epoch: int    # 0-based epoch at whose end the rule is first applied
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """`trainer`: the optimisation recipe, checkpointing and resume."""
+
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    eval_batch_size: int
+    lr: float
+    min_lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    warmup_steps: int
+    sequential: bool
+    early_exit: EarlyExitConfig
+    num_threads: int
+    bf16: bool
+    log_every: int
+    checkpoint_every: int
+    keep_last: int
+    max_steps: int
+    resume: str
+    data: DataConfig
+    prompt: PromptConfig
+
+    @classmethod
+    def from_cfg(cls, node: Any) -> "TrainerConfig":
+        """From the composed `trainer` node (or a plain dict), checked key by key."""
+        d = dict(to_plain(node))
+        d["betas"] = tuple(d.get("betas") or ())
+        nested = {"early_exit": EarlyExitConfig, "data": DataConfig, "prompt": PromptConfig}
+        for key, sub in nested.items():
+            if key in d:
+                d[key] = _typed(sub, d[key], f"trainer.{key}")
+        return _typed(cls, d, "trainer")
+
+    def resume_view(self) -> dict:
+        """The keys that change what a run computes: a resume refuses a checkpoint made with others."""
+        keep = ("batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "warmup_steps", "epochs",
+                "sequential", "data", "prompt")
+        full = dataclasses.asdict(self)
+        full["betas"] = list(self.betas)
+        return {k: full[k] for k in keep}
+
+
+def _typed(cls, d: dict, where: str):
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    missing = [n for n in names if n not in d]
+    if unknown or missing:
+        parts = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+        raise ValueError(f"{where}: {'; '.join(parts)} (conf/trainer/full.yaml lists every key)")
+    return cls(**d)

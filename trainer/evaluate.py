@@ -1,0 +1,123 @@
+"""Evaluation: scoring a model on a split, the report, and the eval recipe of a saved checkpoint.
+
+`run_eval(cfg)` is what scripts/eval.py calls: it rebuilds the model a checkpoint was trained
+with (model config AND prompt come from the checkpoint, never from the current config), then
+evaluates any subset of its modalities, with LoRA switched off per modality if asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from core.datasets import load_dataset
+from core.util import pick_device, to_plain
+from model.config import CremaConfig
+from model.crema import Crema, crema
+from trainer import checkpoint
+from trainer.config import PromptConfig, TrainerConfig
+from trainer.data import eval_loader, open_store, split_datasets, to_device
+from trainer.metrics import chance_level, qtype_table, score, summarize
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on GPU only; CPU runs in float32."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: Crema, loader, device: torch.device, *, modalities=None, lora_off=(), bf16=True,
+             desc="eval") -> tuple[dict, list[dict]]:
+    """(summary with strict/lenient accuracy overall and per question type, per-question rows)."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        with autocast(device, bf16):
+            preds = model.predict(to_device(batch, device), modalities=modalities, lora_off=lora_off)
+        for i, p in enumerate(preds):
+            s = score(p, batch["answer"][i], int(batch["answer_idx"][i]))
+            rows.append({"qid": batch["qid"][i], "qtype": batch["qtype"][i], "prediction": p["text"],
+                         "choice": p["choice"], "answer": batch["answer"][i],
+                         "num_options": len(batch["options"][i]), **s})
+    model.train(was_training)
+    summary = summarize(rows)
+    summary["chance"] = chance_level(rows)
+    return summary, rows
+
+
+def write_report(path: Path, results: dict, ckpt: Path, modalities: list[str]) -> str:
+    """report.md: per-question-type tables (strict EM and the reference's lenient score)."""
+    parts = [f"# Results of {ckpt}", "", f"Modalities: {', '.join(modalities)}", ""]
+    for split, summary in results.items():
+        chance = f" (chance {summary['chance']:.1f}%)" if summary.get("chance") is not None else ""
+        parts += [qtype_table(summary, f"{split}{chance}"), ""]
+    text = "\n".join(parts)
+    Path(path).write_text(text)
+    print(text)
+    return text
+
+
+def load_for_eval(directory: Path, device: torch.device) -> tuple[Crema, PromptConfig, dict]:
+    """(the model a checkpoint was trained with, its weights loaded strictly; the prompt it was
+    trained with; the checkpoint's state)."""
+    state = checkpoint.read_state(directory)
+    if "prompt" not in state:
+        raise checkpoint.CheckpointError(f"{directory}/{checkpoint.STATE} has no prompt config; it was written "
+                                         f"by an older version of the trainer: train again to evaluate it")
+    model = crema(CremaConfig.from_dict(state["model_config"]))
+    checkpoint.load_model(model, directory)
+    return model.to(device).eval(), PromptConfig(**state["prompt"]), state
+
+
+def _subsets(chosen: dict, trained: list[str]) -> list[list[str]]:
+    combos = chosen["combinations"] or [chosen["modalities"]]
+    return [list(trained) if c == "all" else ([c] if isinstance(c, str) else list(c)) for c in combos]
+
+
+def run_eval(cfg: DictConfig) -> list[dict]:
+    """Evaluate `cfg.ckpt` on `cfg.eval.split` for every modality subset asked (conf/eval.yaml);
+    prints a table per subset and a comparison, writes `<eval.output>/<split>.json`."""
+    tc = TrainerConfig.from_cfg(cfg.trainer)
+    device = pick_device(cfg.device)
+    directory = checkpoint.resolve(cfg.ckpt, "best")
+    model, prompt, state = load_for_eval(directory, device)
+    store = open_store(cfg)
+    if state.get("store_config_hash") not in (None, store.config_hash):
+        log.warning("%s was trained on features %s, evaluating on %s", directory, state["store_config_hash"],
+                    store.config_hash)
+    chosen = to_plain(cfg.eval)
+    split = chosen["split"]
+    ds = split_datasets(load_dataset(cfg.dataset), store, model.modalities, model.config.num_frames,
+                        data=tc.data, prompt=prompt, splits=(split,))[split]
+    loader = eval_loader(ds, tc.eval_batch_size, tc.data.num_workers)
+    results = []
+    for mods in _subsets(chosen, model.modalities):
+        off = [m for m in chosen["lora_off"] if m in mods]
+        label = "+".join(mods) + (f" (LoRA off: {','.join(off)})" if off else "")
+        summary, rows = evaluate(model, loader, device, modalities=mods, lora_off=off, bf16=tc.bf16, desc=label)
+        results.append({"modalities": mods, "lora_off": off, "label": label, "summary": summary, "rows": rows})
+        print(qtype_table(summary, f"{split}: {label}") + "\n")
+    chance = results[0]["summary"]["chance"]
+    print(f"| {split} ({len(ds)} questions{f', chance {chance:.1f}%' if chance is not None else ''}) "
+          f"| strict EM % | lenient (reference) % |\n|---|---:|---:|")
+    for r in results:
+        print(f"| {r['label']} | {r['summary']['strict']:.1f} | {r['summary']['lenient']:.1f} |")
+    out = Path(chosen["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{split}.json"
+    path.write_text(json.dumps({"checkpoint": str(directory), "split": split, "prompt": dataclasses.asdict(prompt),
+                                "data": ds.summary(), "results": results}, indent=1))
+    print(f"predictions and summaries: {path}")
+    return results
