@@ -61,6 +61,9 @@ def start_ray(ray_cfg: dict) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = bool(ray_cfg.get("progress_bars", False))
     ctx.print_on_execution_start = False
+    # A stage's own exception reaches the driver with its type (not wrapped in UserCodeException,
+    # whose cause Ray does not carry across processes): _user_error catches it by class.
+    ctx.raise_original_map_exception = True
 
 
 def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.hub import ModelUnavailableError
 from core.store import ShardSpec
 from pipeline.decode import DecodeConfig, DecodeError, decode_video
 from pipeline.store import write_shard
@@ -99,7 +100,14 @@ class ExtractorStage:
             torch.set_num_threads(threads)  # fractional CPUs per actor: do not oversubscribe the node
         except ImportError:
             pass
-        self.extractor = get_class(cfg["_target_"])(OmegaConf.create(cfg))
+        # Ray keeps only the message of an error raised in an actor's constructor (ActorDiedError),
+        # so a model that cannot be loaded is raised from the first call instead: a task error
+        # keeps its type (RayTaskError.cause) and the driver catches it as ModelUnavailableError.
+        self.unavailable: ModelUnavailableError | None = None
+        try:
+            self.extractor = get_class(cfg["_target_"])(OmegaConf.create(cfg))
+        except ModelUnavailableError as err:
+            self.unavailable = err
 
     def _clear(self, video: dict, before: dict) -> None:
         for field in ("maps", "images", "features", "model_meta"):
@@ -126,6 +134,8 @@ class ExtractorStage:
         return payload
 
     def __call__(self, batch: dict) -> dict:
+        if self.unavailable is not None:
+            raise self.unavailable
         return _out([_timed(self.name, self.run, p) for p in _rows(batch)])
 
 

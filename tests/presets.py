@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from core.util import to_plain
 from model.crema import build_crema
@@ -32,3 +33,13 @@ def trainer_preset(name: str, *overrides: str) -> TrainerConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"trainer={name}", *overrides])
     return TrainerConfig.from_cfg(cfg.trainer)
+
+
+def extractor_preset(name: str):
+    """conf/extractor/<name>.yaml after its defaults (a *_tiny preset is its full one + overrides),
+    as a mutable DictConfig, unresolved (pointcloud's feature_dim points at its neighbour)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=f"extractor/{name}")
+    node = cfg.extractor
+    OmegaConf.set_struct(node, False)
+    return node

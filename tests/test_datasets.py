@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from core.datasets import ADAPTERS, load_dataset
+from core.datasets import ADAPTERS, AnnotationError, load_dataset
 from core.schema import QARecord, VideoEntry, safe_video_id
+from pipeline.demo import ensure_demo
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -149,9 +150,12 @@ def test_missing_annotation_file_names_path_and_schema(tmp_path):
 # ----------------------------------------------------------------------------- demo
 
 
-def test_demo_adapter_generates_then_reads(tmp_path):
+def test_demo_is_generated_by_the_pipeline_and_read_by_the_adapter(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=None, overrides=["+dataset=demo", f"dataset.root={tmp_path}/demo", "dataset.num_videos=3"])
+    with pytest.raises(AnnotationError, match="make extract DATASET=demo"):
+        load_dataset(cfg.dataset)  # reading never generates (the trainer only reads)
+    ensure_demo(cfg.dataset)
     index = load_dataset(cfg.dataset)
     assert [v.video_id for v in index.videos] == ["demo_0000", "demo_0001", "demo_0002"]
     assert all(Path(v.path).is_file() for v in index.videos)
@@ -159,7 +163,7 @@ def test_demo_adapter_generates_then_reads(tmp_path):
     assert {q.qtype for q in index.qa["train"]} == {"motion", "sound", "depth"}
     assert all(q.answer == q.options[q.answer_idx] for qs in index.qa.values() for q in qs)
     marker = (tmp_path / "demo" / "DEMO_DONE.json").stat().st_mtime_ns
-    load_dataset(cfg.dataset)  # second use reads, does not regenerate
+    ensure_demo(cfg.dataset)  # second use finds it complete: does not regenerate
     assert (tmp_path / "demo" / "DEMO_DONE.json").stat().st_mtime_ns == marker
 
 

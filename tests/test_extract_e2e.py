@@ -140,3 +140,16 @@ def test_store_from_another_config_is_refused(tmp_path):
     assert config_hash(mine.features) in str(err.value) and config_hash(other.features) in str(err.value)
     proc = run_extract(*data, "features.modalities=[rgb,depth]", check=False)
     assert proc.returncode != 0 and config_hash(other.features) in proc.stderr + proc.stdout
+
+
+def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_command(tmp_path):
+    """The error is raised in an actor of a real local Ray and caught by its type on the driver."""
+    proc = run_extract(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=2", f"out={tmp_path / 'o'}",
+                       "features=full", "features.modalities=[rgb]", "features.extractors.encoder.resources.num_gpus=0",
+                       "features.extractors.encoder.resources.device=cpu", "features.decode.resources.concurrency=1",
+                       "features.decode.resources.num_cpus=0.5", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    first = proc.stderr[proc.stderr.index("error: "):].splitlines()[0]
+    assert first.startswith("error: model 'Salesforce/blip2-flan-t5-xl'"), first
+    assert "hf download Salesforce/blip2-flan-t5-xl --revision" in proc.stderr
+    assert "features.extractors.encoder.resources.local_path=" in proc.stderr

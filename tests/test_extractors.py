@@ -18,6 +18,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from presets import extractor_preset
 from extractors import audio, geometry, normal, pointcloud, render
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "extractor"
@@ -39,10 +40,10 @@ ADDS = {
 
 
 def config(preset: str, **overrides):
-    cfg = OmegaConf.load(CONF / f"{preset}.yaml")
+    cfg = extractor_preset(preset)
     cfg.num_frames_stored = F
     if preset == "pointcloud":  # composed beside the encoder, this is ${..encoder.dim}
-        cfg.feature_dim = OmegaConf.load(CONF / "encoder_tiny.yaml").dim
+        cfg.feature_dim = extractor_preset("encoder_tiny").dim
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return cfg

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from presets import extractor_preset
 from extractors.audio import AudioExtractor, adapt_length
 from extractors.encoder import EncoderExtractor
 
@@ -29,7 +29,7 @@ def count(model: torch.nn.Module) -> int:
 
 
 def preset(name: str):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = extractor_preset(name)
     cfg.num_frames_stored = 16
     return cfg
 

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from presets import extractor_preset
 from extractors.depth import DepthExtractor
 from extractors.flow import FlowExtractor
 
@@ -35,7 +36,7 @@ DEPTH_ANYTHING_TINY = {
 
 
 def depth_stage(kind: str) -> DepthExtractor:
-    cfg = OmegaConf.load(CONF / "depth_tiny.yaml")
+    cfg = extractor_preset("depth_tiny")
     cfg.num_frames_stored, cfg.flip_average, cfg.resources.batch_size = 2, False, 1
     if kind == "depth_anything":
         cfg.random_init = DEPTH_ANYTHING_TINY
@@ -79,7 +80,7 @@ def test_zoedepth_flip_average_follows_the_documented_transformers_recipe():
 
 
 def raft_stage(**overrides) -> FlowExtractor:
-    cfg = OmegaConf.load(CONF / "flow_raft.yaml")
+    cfg = extractor_preset("flow_raft")
     cfg.num_frames_stored = 2
     cfg.random_init, cfg.seed, cfg.max_side = True, 0, None
     cfg.raft.arch, cfg.raft.num_flow_updates = "raft_small", 6
@@ -117,7 +118,7 @@ def test_raft_weights_offline_name_the_url_and_local_path(monkeypatch, tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch cache
     for var in ("https_proxy", "HTTPS_PROXY"):  # no network, on any machine: a proxy that refuses
         monkeypatch.setenv(var, "http://127.0.0.1:9")
-    cfg = OmegaConf.load(CONF / "flow_raft.yaml")
+    cfg = extractor_preset("flow_raft")
     cfg.num_frames_stored = 2
     cfg.resources.device = "cpu"
     from core.hub import ModelUnavailableError
@@ -144,7 +145,7 @@ TIPS_TINY = {
 def learned_normals(axes=(1, 1, 1)):
     from extractors.normal import NormalExtractor
 
-    cfg = OmegaConf.load(CONF / "normal_learned.yaml")
+    cfg = extractor_preset("normal_learned")
     cfg.num_frames_stored, cfg.seed, cfg.random_init, cfg.axes = 2, 0, TIPS_TINY, list(axes)
     cfg.resources.device = "cpu"
     return NormalExtractor(cfg)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 ptlflow = pytest.importorskip("ptlflow")
 
+from presets import extractor_preset
 from extractors.flow import FlowExtractor, ptlflow_images  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "extractor"
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def unimatch_stage() -> FlowExtractor:
-    cfg = OmegaConf.load(CONF / "flow_unimatch.yaml")
+    cfg = extractor_preset("flow_unimatch")
     cfg.num_frames_stored, cfg.random_init, cfg.seed, cfg.max_side = 1, True, 0, None
     cfg.resources.device = "cpu"
     return FlowExtractor(cfg)
@@ -53,7 +53,7 @@ def test_missing_checkpoint_names_the_url(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     for var in ("https_proxy", "HTTPS_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
-    cfg = OmegaConf.load(CONF / "flow_unimatch.yaml")
+    cfg = extractor_preset("flow_unimatch")
     cfg.num_frames_stored = 1
     cfg.resources.device = "cpu"
     from core.hub import ModelUnavailableError

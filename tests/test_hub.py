@@ -15,6 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from presets import extractor_preset
+from core.hub import ModelUnavailableError, snapshot
+from core.util import pick_device
 from extractors import hub
 from extractors.audio import AudioExtractor
 from extractors.depth import DepthExtractor, build_random
@@ -32,7 +35,7 @@ def offline(monkeypatch, tmp_path):
 
 
 def full_config(name: str, **overrides):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = extractor_preset(name)
     cfg.num_frames_stored = 4
     cfg.resources.device = "cpu"
     for key, value in overrides.items():
@@ -41,8 +44,8 @@ def full_config(name: str, **overrides):
 
 
 def test_offline_error_names_model_revision_command_and_config_key(offline):
-    with pytest.raises(hub.ModelUnavailableError) as info:
-        hub.snapshot("crema-test/not-a-model", "abc123", config_key="features.extractors.x.resources.local_path")
+    with pytest.raises(ModelUnavailableError) as info:
+        snapshot("crema-test/not-a-model", "abc123", config_key="features.extractors.x.resources.local_path")
     msg = str(info.value)
     assert "'crema-test/not-a-model' (revision 'abc123')" in msg
     assert "hf download crema-test/not-a-model --revision abc123 --local-dir models/not-a-model" in msg
@@ -57,7 +60,7 @@ def test_offline_error_names_model_revision_command_and_config_key(offline):
 def test_full_presets_fail_offline_with_the_download_command(offline, name, model_id):
     cfg = full_config(name)
     target = {"depth": DepthExtractor, "encoder": EncoderExtractor, "audio": AudioExtractor}[name]
-    with pytest.raises(hub.ModelUnavailableError) as info:
+    with pytest.raises(ModelUnavailableError) as info:
         target(cfg)
     msg = str(info.value)
     assert f"hf download {model_id} --revision {cfg.revision}" in msg
@@ -66,8 +69,8 @@ def test_full_presets_fail_offline_with_the_download_command(offline, name, mode
 
 def test_a_missing_local_path_is_named(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(hub.ModelUnavailableError, match="nowhere"):
-        hub.snapshot("Intel/zoedepth-nyu-kitti", "main", str(missing))
+    with pytest.raises(ModelUnavailableError, match="nowhere"):
+        snapshot("Intel/zoedepth-nyu-kitti", "main", str(missing))
 
 
 def test_a_cached_snapshot_resolves_to_its_commit_without_network(offline):
@@ -77,14 +80,14 @@ def test_a_cached_snapshot_resolves_to_its_commit_without_network(offline):
     (repo / "snapshots" / commit / "config.json").write_text("{}")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    snap = hub.snapshot("crema-test/cached", "main")
+    snap = snapshot("crema-test/cached", "main")
     assert snap.resolved_revision == commit and snap.meta()["revision"] == "main"
 
 
 def test_half_precision_falls_back_to_float32_on_cpu():
     assert hub.resolve_dtype("float16", torch.device("cpu")) == torch.float32
-    assert hub.resolve_device("cpu").type == "cpu"
-    assert hub.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def frames(n=2, h=48, w=64):
@@ -95,7 +98,7 @@ def test_encoder_loads_the_vision_tower_of_a_full_blip2_checkpoint(tmp_path):
     from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
                               BlipImageProcessor, T5Config)
 
-    tiny = OmegaConf.load(CONF / "encoder_tiny.yaml")
+    tiny = extractor_preset("encoder_tiny")
     vision = Blip2VisionConfig(**OmegaConf.to_container(tiny.random_init.model))
     qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                                  encoder_hidden_size=vision.hidden_size)
@@ -118,7 +121,7 @@ def test_encoder_loads_the_vision_tower_of_a_full_blip2_checkpoint(tmp_path):
 
 
 def test_depth_loads_a_local_checkpoint_with_its_own_processor(tmp_path):
-    tiny = OmegaConf.load(CONF / "depth_tiny.yaml")
+    tiny = extractor_preset("depth_tiny")
     model, processor = build_random(tiny)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)

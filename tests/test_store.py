@@ -84,7 +84,7 @@ def test_interrupted_writer_leaves_only_temporaries(store, tmp_path, monkeypatch
     def die(*a, **k):
         raise KeyboardInterrupt  # dies just before the marker: the shard must not appear
 
-    monkeypatch.setattr(st, "_write_json_atomic", die)
+    monkeypatch.setattr(st, "write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
         write_shard(root, spec2, [video("d")], config_hash="h1")
     monkeypatch.undo()
