@@ -34,7 +34,6 @@ STORE_FORMAT = "crema-store/1"
 MARKER = "_SUCCESS.json"
 STORE_META = "store.json"
 FAILURES = "failures.jsonl"
-RAW_MAPS = ("depth", "flow", "normal")
 
 
 class StoreError(RuntimeError):

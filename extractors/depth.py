@@ -83,14 +83,9 @@ class DepthExtractor:
     @torch.inference_mode()
     def predict(self, frames: np.ndarray) -> np.ndarray:
         """uint8 RGB frames [F, H, W, 3] of one video -> float32 depth [F, H, W] in metres."""
-        height, width = frames.shape[1:3]
         out = []
-        for start in range(0, len(frames), self.batch_size):
-            chunk = list(frames[start:start + self.batch_size])
-            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-            outputs = self.model(pixel_values=pixels)
-            outputs["predicted_depth"] = outputs["predicted_depth"].float()
-            sizes = [(height, width)] * len(chunk)
+        for pixels, outputs, sizes in hub.dense_predictions(self.model, self.processor, frames, batch_size=self.batch_size,
+                                                            device=self.device, dtype=self.dtype, key="predicted_depth"):
             if self._zoe_style:
                 flipped = None
                 if self.cfg.flip_average:

@@ -1,12 +1,13 @@
 """How a stage gets its model: a seeded random-init build (tiny presets) or the real weights
 (found through core.hub.snapshot), on the stage's device and dtype, with the provenance that goes
-into the store's model_meta. Every learned stage loads through `build_or_load` / `load_model`.
+into the store's model_meta. Every learned stage loads through `build_or_load` / `load_model`;
+`dense_predictions` runs a transformers dense-prediction model (depth, normals) over frames.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -64,3 +65,16 @@ def load_model(cfg: Any, build_random: Callable, load_pretrained: Callable) -> t
     model = model.to(device, dtype).eval()
     return model, processor, {**meta, "architecture": type(model).__name__,
                               "dtype": str(dtype).removeprefix("torch.")}
+
+
+def dense_predictions(model, processor, frames, *, batch_size: int, device: torch.device, dtype: torch.dtype,
+                      key: str) -> Iterator[tuple[torch.Tensor, Any, list[tuple[int, int]]]]:
+    """(pixel_values, outputs with `key` in float32, the source sizes) for each batch of uint8 RGB
+    `frames` [F, H, W, 3], through the model's own image processor; the caller post-processes."""
+    height, width = frames.shape[1:3]
+    for start in range(0, len(frames), batch_size):
+        chunk = list(frames[start:start + batch_size])
+        pixels = processor(images=chunk, return_tensors="pt")["pixel_values"].to(device, dtype)
+        outputs = model(pixel_values=pixels)
+        outputs[key] = outputs[key].float()
+        yield pixels, outputs, [(height, width)] * len(chunk)

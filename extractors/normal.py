@@ -94,14 +94,9 @@ class LearnedNormals:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """uint8 RGB [F, H, W, 3] -> unit normals float32 [F, 3, H, W] in our camera frame."""
-        height, width = frames.shape[1:3]
         out = []
-        for start in range(0, len(frames), self.batch_size):
-            chunk = list(frames[start:start + self.batch_size])
-            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-            outputs = self.model(pixel_values=pixels)
-            outputs["normals"] = outputs["normals"].float()
-            sizes = [(height, width)] * len(chunk)
+        for _, outputs, sizes in hub.dense_predictions(self.model, self.processor, frames, batch_size=self.batch_size,
+                                                       device=self.device, dtype=self.dtype, key="normals"):
             results = self.processor.post_process_normal_estimation(outputs, target_sizes=sizes)
             # The library normalises before its bilinear resize; blended unit vectors are shorter
             # than 1, so normalise again: maps.normal promises unit vectors.

@@ -10,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from core.features import resolve_features
+from core.modalities import BASE, FRAME
 from core.schema import VideoEntry, safe_video_id
 from core.store import ShardSpec
 from pipeline.graph import DecodeStage, ExtractorStage, initial_payload
@@ -55,9 +56,9 @@ def render(video: dict, rows: int, png: Path) -> Path:
     frames = video["frames"]
     rows = min(rows, len(frames))
     picks = np.linspace(0, len(frames) - 1, rows).round().astype(int)
-    views = [("rgb", lambda i: frames[i])]
-    for name in ("depth", "flow", "normal"):
-        if name in video["images"]:
+    views = [(BASE, lambda i: frames[i])]
+    for name in FRAME:  # the rendered images of the derived frame modalities
+        if name != BASE and name in video["images"]:
             views.append((name, lambda i, n=name: video["images"][n][i]))
     has_pc = "pointcloud_xyz" in video["features"]
     cols = len(views) + int(has_pc)
