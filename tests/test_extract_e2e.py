@@ -144,7 +144,7 @@ def test_store_from_another_config_is_refused(tmp_path):
 
 def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_command(tmp_path):
     """The error is raised in an actor of a real local Ray and caught by its type on the driver."""
-    proc = run_extract(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=2", f"out={tmp_path / 'o'}",
+    proc = run_extract(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
                        "features=full", "features.modalities=[rgb]", "features.extractors.encoder.resources.num_gpus=0",
                        "features.extractors.encoder.resources.device=cpu", "features.decode.resources.concurrency=1",
                        "features.decode.resources.num_cpus=0.5", check=False)

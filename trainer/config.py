@@ -77,7 +77,8 @@ class TrainerConfig:
     def from_cfg(cls, node: Any) -> "TrainerConfig":
         """From the composed `trainer` node (or a plain dict), checked key by key."""
         d = dict(to_plain(node))
-        d["betas"] = tuple(d.get("betas") or ())
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
         nested = {"early_exit": EarlyExitConfig, "data": DataConfig, "prompt": PromptConfig}
         for key, sub in nested.items():
             if key in d:
