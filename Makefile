@@ -49,6 +49,7 @@ test-fast: $(STAMP)  ## tests without the slow end-to-end ones
 
 bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmarks.md)
 	$(PY) scripts/bench.py $(ARGS)
+	$(PY) scripts/bench_flow.py
 	@if [ -f scripts/bench_train.py ]; then $(PY) scripts/bench_train.py; fi
 
 submit:  ## submit extraction to a running Ray cluster: make submit DATASET=nextqa RAY_ADDRESS=http://head:8265

@@ -152,17 +152,16 @@ class PtlflowBackend(_LearnedBackend):
 
     def __init__(self, cfg, device, dtype):
         super().__init__(cfg, device, dtype)
-        try:
-            import ptlflow
-        except ImportError:
-            raise ImportError("flow backend 'ptlflow' needs the ptlflow package, which the project's lock does "
-                              "not include: `uv pip install ptlflow` into .venv (docs/models.md), or choose "
-                              "flow_raft / flow_opencv") from None
+        ptlflow = _import_ptlflow()
         name, ckpt = cfg.ptlflow.model, cfg.ptlflow.ckpt
 
         def build_random(c):
+            # random_init: true builds the registered model as it is (full size); a mapping gives
+            # constructor arguments of the same class (a tiny UniMatch: fewer layers/refinements)
+            spec = to_plain(c.random_init)
+            kwargs = dict(spec.get("model") or {}) if isinstance(spec, dict) else {}
             with seeded(c.seed):
-                return ptlflow.get_model(name)
+                return ptlflow.get_model_reference(name)(**kwargs)
 
         model, self.meta = hub.build_or_load(
             cfg, build_random, lambda c, _dtype, local_path: _load_ptlflow(ptlflow, name, ckpt, local_path))
@@ -176,10 +175,24 @@ class PtlflowBackend(_LearnedBackend):
         return self.model({"images": ptlflow_images(first, second, self.dtype)})["flows"][:, 0]
 
 
+def _import_ptlflow():
+    """ptlflow (a locked dependency) without its import-time chatter: it prints that optional
+    CUDA kernels (xFormers, alt_cuda_corr) are absent and timm warns about old module paths."""
+    import contextlib
+    import io
+    import warnings
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import ptlflow
+    return ptlflow
+
+
 def ptlflow_images(first: torch.Tensor, second: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """RGB uint8-valued [B, 3, H, W] pairs -> ptlflow's input: [B, 2, 3, H, W] in [0, 1], BGR
     channel order (ptlflow models expect cv2-loaded images and convert to RGB themselves)."""
-    return torch.stack([first, second], dim=1).flip(2).to(dtype) / 255.0
+    # contiguous: frames arrive channels-last (from numpy), and ptlflow reshapes with .view
+    return (torch.stack([first, second], dim=1).flip(2).to(dtype) / 255.0).contiguous()
 
 
 def _load_ptlflow(ptlflow, name: str, ckpt: str, local_path: str | None):

@@ -94,7 +94,8 @@ def test_a_modality_whose_stage_does_not_provide_it_is_an_error():
 @pytest.mark.parametrize("group, tiny, full", [("model", "crema_tiny", "crema_full"), ("trainer", "tiny", "full"),
                                                ("extractor", "depth_tiny", "depth"),
                                                ("extractor", "encoder_tiny", "encoder"),
-                                               ("extractor", "audio_tiny", "audio")])
+                                               ("extractor", "audio_tiny", "audio"),
+                                               ("extractor", "flow_unimatch_tiny", "flow_unimatch")])
 def test_tiny_presets_are_their_full_preset_plus_overrides(group, tiny, full):
     """A key the tiny file does not set comes from the full preset (Hydra defaults inheritance)."""
     def load(name):
@@ -106,3 +107,8 @@ def test_tiny_presets_are_their_full_preset_plus_overrides(group, tiny, full):
     assert "defaults" in own and full in list(own.defaults)
     inherited = [k for k in big if k not in own]
     assert inherited and all(small[k] == big[k] for k in inherited)
+
+
+def test_the_full_preset_extracts_flow_with_unimatch_as_the_paper():
+    flow = resolve_features(make("extract", ["dataset=nextqa", "features=full"]).features)["extractors"]["flow"]
+    assert flow["backend"] == "ptlflow" and flow["ptlflow"] == {"model": "unimatch_sc2_ref6", "ckpt": "mix"}

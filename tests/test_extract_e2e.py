@@ -142,14 +142,36 @@ def test_store_from_another_config_is_refused(tmp_path):
     assert proc.returncode != 0 and config_hash(other.features) in proc.stderr + proc.stdout
 
 
-def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_command(tmp_path):
-    """The error is raised in an actor of a real local Ray and caught by its type on the driver."""
-    proc = run_extract(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
-                       "features=full", "features.modalities=[rgb]", "features.extractors.encoder.resources.num_gpus=0",
-                       "features.extractors.encoder.resources.device=cpu", "features.decode.resources.concurrency=1",
-                       "features.decode.resources.num_cpus=0.5", check=False)
+@pytest.mark.parametrize("modality, command, key", [
+    ("rgb", "hf download Salesforce/blip2-flan-t5-xl --revision", "features.extractors.encoder.resources.local_path="),
+    ("flow", "curl -L -o unimatch_scale2_refine6-mixdata-398760b1.ckpt", "features.extractors.flow.resources.local_path="),
+])
+def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_command(tmp_path, modality, command,
+                                                                                      key):
+    """The full preset offline: the error is raised in an actor of a real local Ray and caught by
+    its type on the driver. flow: the full preset's flow model is UniMatch (ptlflow's checkpoint)."""
+    cpu = [f"features.extractors.{s}.resources.{k}={v}" for s in ("encoder", "flow") for k, v in
+           (("num_gpus", 0), ("device", "cpu"), ("num_cpus", 0.5))]
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    proc = subprocess.run(extract_cmd(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
+                                      "features=full", f"features.modalities=[{modality}]", *cpu,
+                                      "features.decode.resources.concurrency=1", "features.decode.resources.num_cpus=0.5"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     first = proc.stderr[proc.stderr.index("error: "):].splitlines()[0]
-    assert first.startswith("error: model 'Salesforce/blip2-flan-t5-xl'"), first
-    assert "hf download Salesforce/blip2-flan-t5-xl --revision" in proc.stderr
-    assert "features.extractors.encoder.resources.local_path=" in proc.stderr
+    assert first.startswith("error: model 'Salesforce/blip2-flan-t5-xl'" if modality == "rgb" else
+                            "error: ptlflow model 'unimatch_sc2_ref6' checkpoint 'mix'"), first
+    assert command in proc.stderr and key in proc.stderr
+
+
+def test_tiny_unimatch_runs_in_the_pipeline(tmp_path):
+    """The paper's flow model (a tiny random-init UniMatch of the same class) through real Ray."""
+    run_extract(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
+                "features.modalities=[rgb,flow]", "extractor@features.extractors.flow=flow_unimatch_tiny")
+    fs = FeatureStore(tmp_path / "o" / "demo")
+    assert fs.video_ids == ["demo_0000", "demo_0001", "demo_0002"]
+    for vid in fs.video_ids:
+        assert fs.has(vid, "flow") and np.isfinite(fs.get(vid, "flow")).all()
+        meta = fs.meta(vid)["model_meta"]["flow"]
+        assert meta["arch"] == "unimatch_sc2_ref6" and meta["model_id"] == "random-init:unimatch_sc2_ref6"
