@@ -1,4 +1,4 @@
-"""The extractor stages with their tiny presets, on a hand-made shard payload (pipeline/schema.py).
+"""The extractor stages with their tiny presets, on a hand-made shard payload (core/schema.py).
 
 One table drives the shape/dtype/range and determinism checks for every stage; the rest checks
 the contract's skip rules and the geometry each stage must get right (flow direction, normals of
