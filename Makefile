@@ -12,10 +12,11 @@ STAMP := .venv/.crema-setup
 export PATH := $(HOME)/.local/bin:$(PATH)
 
 # DATA is the folder/list for DATASET=videos, and the dataset's root folder for the others.
-HYDRA_COMMON = dataset=$(DATASET) features=$(FEATURES) out=$(OUT) \
+HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
+HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup extract train eval params test test-fast bench preview submit clean
+.PHONY: help setup data extract train eval params test test-fast bench preview submit clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -25,6 +26,9 @@ $(STAMP): pyproject.toml uv.lock scripts/setup.sh
 	@touch $@
 
 setup: $(STAMP)  ## install system packages + the locked Python env (runs on first use anyway)
+
+data: $(STAMP)  ## check a dataset folder without extracting: make data DATASET=nextqa DATA=/path/to/nextqa
+	$(PY) scripts/data.py $(HYDRA_DATASET) $(ARGS)
 
 extract: $(STAMP)  ## extract features: make extract DATASET=nextqa [DATA=...] [ARGS="store.shard_size=16"]
 	$(PY) scripts/extract.py $(HYDRA_COMMON) $(ARGS)

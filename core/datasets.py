@@ -9,18 +9,26 @@ Shared rules:
 * a video used by several splits is listed once in `videos`, under the first of train, val, test;
 * a broken annotation file raises an error naming the file, the row (index and qid) and the key,
   and stating the expected schema; a missing *video file* is not an error here (the extraction
-  pipeline records it per video in its failures manifest), so such videos stay in `videos`.
+  pipeline records it per video in its failures manifest), so such videos stay in `videos`
+  (`scripts/data.py`, `make data`, counts them);
+* strict where a released format is explicit, tolerant where it is silent (the `video` and `qid`
+  of Touch-QA/Thermal-QA rows are optional and only kept).
+
+The default paths in conf/dataset/<name>.yaml are each dataset's released layout under
+`dataset.root` (the yaml's header draws the tree).
 
 Optional keys every annotated dataset understands:
 * `val_from_train: 0.1` when the dataset ships no validation split: moves a deterministic
-  ~10% of the TRAIN videos (by a hash of video_id) into "val", so model selection never
-  looks at the test split (the reference selected checkpoints on test);
+  ~10% of the TRAIN videos (by a hash of video_id; of the recording for Touch/Thermal clips)
+  into "val", so model selection never looks at the test split (the reference selected
+  checkpoints on test);
 * `video_exts`: extensions tried, in order, when an annotation names a video without one.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import dataclasses
 import hashlib
 import json
@@ -36,20 +44,32 @@ from core.schema import SPLITS, DatasetIndex, QARecord, VideoEntry, safe_video_i
 DEFAULT_VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
 NEXTQA_SCHEMA = (
-    'NExT-QA SeViLA format: a JSON list of {"video": <file name without extension>, "num_option": 5, '
-    '"qid": "<type>_<video>_<n>", "a0": ..., "a4": <option texts>, "answer": <int index into a0..>, "question": ...}'
+    'NExT-QA SeViLA format (train.json, val.json): a JSON list of {"video": "<vidor folder>/<id>" '
+    '(media at <video_dir>/<video>.mp4), "num_option": 5, "qid": "<type>_<video>_<n>", "a0": ..., "a4": <option texts>, '
+    '"answer": <int index into a0..>, "question": ...}'
 )
-TRIMMED_SCHEMA = NEXTQA_SCHEMA.replace(
-    '"question": ...}', '"question": ..., "video_id": <clip id>, "question_id": ..., "start": <frame>, "end": <frame>}'
-).replace("NExT-QA SeViLA format", "Touch-QA/Thermal-QA format (SeViLA plus clip fields)")
+NEXTQA_CSV_OPTIONS = 5  # a0..a4
+NEXTQA_CSV_COLUMNS = ("video", "question", "answer", "qid", "type", *(f"a{i}" for i in range(NEXTQA_CSV_OPTIONS)))
+NEXTQA_CSV_SCHEMA = (
+    "NExT-QA CSV format ({train,val,test}.csv, rows counted from 0 after the header): columns "
+    "video,frame_count,width,height,question,answer,qid,type,a0,a1,a2,a3,a4 (video: a key of map_vid_vidorID.json; "
+    "answer: int index into a0..a4; qid: int, unique per video; type: CW, CH, TN, TC, TP, DL, DC or DO)"
+)
+TRIMMED_SCHEMA = (
+    'Touch-QA/Thermal-QA format (touch_{train,val}.json, thermalqa_{train,val}.json): a JSON list of SeViLA rows '
+    '{"num_option", "a0".., "answer": <int index>, "question", "qid" (optional), "video" (optional)} plus '
+    '"video_id": <recording folder>, "question_id": <int>, "start": <frame>, "end": <frame> '
+    "(frame numbers at the recording's native fps; Thermal-QA may omit end: to the end of the recording)"
+)
 MUSIC_AVQA_SCHEMA = (
     'MUSIC-AVQA json_update format: a JSON list of {"video_id", "question_id", '
     '"type": "[\\"Audio\\", \\"Counting\\"]", '
     '"question_content": "... <Object> ...", "templ_values": "[\\"cello\\"]" (a JSON-encoded list), "anser": <answer>}'
 )
 SQA3D_SCHEMA = (
-    '3D-LLM SQA3D format (SQA_{train,val,test}.json): a JSON list of {"scene_id", "situation", "question", '
-    '"answers": [<answer>, ...], "question_id"}'
+    'SQA3D in the ScanQA format (ScanQA_format/SQA_{train,val,test}.json, what 3D-LLM and CREMA read): a JSON list '
+    'of {"scene_id": "scene0000_00", "situation", "question", "answers": [<answer>, ...], "question_id": <int>, '
+    '"position": [7 floats], "object_ids": [...], "object_names": [...]}'
 )
 
 Pair = tuple[VideoEntry, QARecord]
@@ -77,12 +97,17 @@ def load_dataset(cfg: Mapping | DictConfig) -> DatasetIndex:
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _read_rows(path: str | os.PathLike, schema: str) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
+def _require_file(path: str | os.PathLike, schema: str, key: str = "dataset.annotations") -> None:
+    if not Path(path).is_file():
         raise FileNotFoundError(
-            f"annotation file {path} does not exist; expected {schema}. Fix dataset.annotations or dataset.root."
+            f"annotation file {path} does not exist; expected {schema}. Fix {key} or dataset.root "
+            f"(`make data DATASET=<name> DATA=<root>` checks a dataset folder)."
         )
+
+
+def _read_rows(path: str | os.PathLike, schema: str) -> list[dict]:
+    _require_file(path, schema)
+    path = Path(path)
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -98,9 +123,10 @@ def _read_rows(path: str | os.PathLike, schema: str) -> list[dict]:
 class _Row:
     """Key access on one annotation row whose errors say which file, row, qid and key."""
 
-    def __init__(self, path, index: int, row: dict, schema: str, id_key: str):
+    def __init__(self, path, index: int, row: dict, schema: str, id_key: str | tuple[str, ...]):
         self.path, self.index, self.row, self.schema = path, index, row, schema
-        self.ref = f"row {index}" + (f" ({id_key}={row[id_key]!r})" if id_key in row else "")
+        ids = ", ".join(f"{k}={row[k]!r}" for k in ((id_key,) if isinstance(id_key, str) else id_key) if k in row)
+        self.ref = f"row {index}" + (f" ({ids})" if ids else "")
 
     def error(self, key: str, problem: str) -> AnnotationError:
         return AnnotationError(f"{self.path}: {self.ref}: key {key!r} {problem}; expected {self.schema}")
@@ -137,10 +163,10 @@ def _exts(cfg: dict) -> tuple[str, ...]:
 class _MediaResolver:
     """Maps an annotation's video name to a path: the name as given if it has a known extension,
     else the first `<name><ext>` that exists, else a frame directory `<name>/` if it exists, else
-    the `default` guess (the pipeline reports it missing later)."""
+    `<name><first ext>` (the pipeline reports it missing later)."""
 
-    def __init__(self, video_dir, exts: tuple[str, ...], prefer_dir: bool = False):
-        self.video_dir, self.exts, self.prefer_dir = Path(video_dir), exts, prefer_dir
+    def __init__(self, video_dir, exts: tuple[str, ...]):
+        self.video_dir, self.exts = Path(video_dir), exts
         self._cache: dict[str, str] = {}
 
     def __call__(self, name: str) -> str:
@@ -156,9 +182,7 @@ class _MediaResolver:
         for candidate in candidates:
             if candidate.is_file():
                 return str(candidate)
-        if base.is_dir() or self.prefer_dir:
-            return str(base)
-        return str(candidates[0])
+        return str(base) if base.is_dir() else str(candidates[0])
 
 
 def _annotation_paths(cfg: dict) -> dict[str, str]:
@@ -196,7 +220,8 @@ def _carve_val(per_split: dict[str, list[Pair]], fraction: float, name) -> None:
         )
     keep, moved = [], []
     for video, qa in per_split.get("train", []):
-        if _hash_fraction(video.video_id) < fraction:
+        # Whole recordings move (Touch/Thermal clips of one recording stay on one side).
+        if _hash_fraction(qa.extra.get("recording") or video.video_id) < fraction:
             moved.append((dataclasses.replace(video, split="val"), dataclasses.replace(qa, split="val")))
         else:
             keep.append((video, qa))
@@ -233,6 +258,10 @@ def _multiple_choice(r: _Row) -> tuple[tuple[str, ...], int]:
     num = r.integer("num_option")
     if num < 2:
         raise r.error("num_option", f"must be at least 2, got {num}")
+    return _options(r, num)
+
+
+def _options(r: _Row, num: int) -> tuple[tuple[str, ...], int]:
     options = tuple(r.text(f"a{j}") for j in range(num))
     answer = r.integer("answer")
     if not 0 <= answer < num:
@@ -240,43 +269,148 @@ def _multiple_choice(r: _Row) -> tuple[tuple[str, ...], int]:
     return options, answer
 
 
-def _sevila_pairs(path: str, split: str, cfg: dict, trimmed: bool) -> list[Pair]:
-    schema = TRIMMED_SCHEMA if trimmed else NEXTQA_SCHEMA
+def _qid_prefix(qid: str) -> str:
+    return qid.split("_", 1)[0] if "_" in qid else ""
+
+
+def _sevila_pairs(path: str, split: str, cfg: dict) -> list[Pair]:
     resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
     pairs = []
-    for i, row in enumerate(_read_rows(path, schema)):
-        r = _Row(path, i, row, schema, "qid")
+    for i, row in enumerate(_read_rows(path, NEXTQA_SCHEMA)):
+        r = _Row(path, i, row, NEXTQA_SCHEMA, "qid")
         video_name, qid = r.text("video"), r.text("qid")
         options, answer = _multiple_choice(r)
-        start = end = None
-        extra = {}
-        if trimmed:
-            start, end = r.integer("start"), r.integer("end")
-            if not 0 <= start <= end:
-                raise r.error("end", f"must satisfy 0 <= start <= end, got start={start}, end={end}")
-            video_id = safe_video_id(r.text("video_id"))
-            extra["question_id"] = r["question_id"]
-        else:
-            video_id = safe_video_id(video_name)
-        video = VideoEntry(video_id, resolve(video_name), split, start, end)
+        video_id = safe_video_id(video_name)
         qa = QARecord(
             qid=qid, video_id=video_id, split=split, question=r.text("question"),
-            answer=options[answer], options=options, answer_idx=answer,
-            qtype=qid.split("_", 1)[0] if "_" in qid else "", extra=extra,
+            answer=options[answer], options=options, answer_idx=answer, qtype=_qid_prefix(qid),
         )
-        pairs.append((video, qa))
+        pairs.append((VideoEntry(video_id, resolve(video_name), split), qa))
     _check_unique_qids(pairs, path)
     return pairs
 
 
 def nextqa(cfg: dict) -> DatasetIndex:
     """NExT-QA in the SeViLA multiple-choice format; qtype is the qid prefix (CW, TN, DC, ...)."""
-    return _read_split_files(cfg, lambda path, split: _sevila_pairs(path, split, cfg, trimmed=False))
+    return _read_split_files(cfg, lambda path, split: _sevila_pairs(path, split, cfg))
 
 
-def trimmed_sevila(cfg: dict) -> DatasetIndex:
-    """Touch-QA / Thermal-QA: SeViLA rows plus a clip id and start/end frame numbers to trim."""
-    return _read_split_files(cfg, lambda path, split: _sevila_pairs(path, split, cfg, trimmed=True))
+def _read_csv(path: str, schema: str, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV file as dicts; a short row lacks its missing cells (so `_Row` names them)."""
+    _require_file(path, schema)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        lacking = [c for c in columns if c not in (reader.fieldnames or [])]
+        if lacking:
+            raise AnnotationError(f"{path}: the header lacks column(s) {lacking}; expected {schema}")
+        return [{k: v for k, v in row.items() if k is not None and v is not None} for row in reader]
+
+
+def _video_map(path: str) -> dict[str, str]:
+    what = "NExT-QA's map_vid_vidorID.json: a JSON object {<video id>: \"<vidor folder>/<id>\"}"
+    _require_file(path, what, key="dataset.video_map")
+    try:
+        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err}); expected {what}") from err
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise AnnotationError(f"{path}: expected {what}")
+    return {str(k): v for k, v in mapping.items()}
+
+
+def _nextqa_csv_pairs(path: str, split: str, cfg: dict, vidor: dict[str, str]) -> list[Pair]:
+    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
+    pairs = []
+    for i, row in enumerate(_read_csv(path, NEXTQA_CSV_SCHEMA, NEXTQA_CSV_COLUMNS)):
+        r = _Row(path, i, row, NEXTQA_CSV_SCHEMA, ("video", "qid"))
+        video, number, qtype = r.text("video"), r.integer("qid"), r.text("type")
+        if video not in vidor:
+            raise r.error("video", f"is {video!r}, which is not a key of {cfg['video_map']}")
+        options, answer = _options(r, NEXTQA_CSV_OPTIONS)
+        # The same id as the SeViLA adapter gives this video (both derive it from the vidor path).
+        video_id = safe_video_id(vidor[video])
+        qa = QARecord(
+            qid=f"{qtype}_{video}_{number}", video_id=video_id, split=split, question=r.text("question"),
+            answer=options[answer], options=options, answer_idx=answer, qtype=qtype,
+        )
+        pairs.append((VideoEntry(video_id, resolve(vidor[video]), split), qa))
+    _check_unique_qids(pairs, path)
+    return pairs
+
+
+def nextqa_csv(cfg: dict) -> DatasetIndex:
+    """NExT-QA's own CSV release ({train,val,test}.csv + map_vid_vidorID.json). Question ids are
+    `<type>_<video>_<qid>` (the CSV's qid numbers questions within a video); qtype is `type`."""
+    vidor = _video_map(cfg["video_map"])
+    return _read_split_files(cfg, lambda path, split: _nextqa_csv_pairs(path, split, cfg, vidor))
+
+
+# ----------------------------------------------------------------------------- Touch-QA / Thermal-QA
+
+
+def _window(r: _Row, end_required: bool) -> tuple[int, int | None]:
+    start = r.integer("start")
+    if start < 0:
+        raise r.error("start", f"must be >= 0, got {start}")
+    if not end_required and r.row.get("end") is None:
+        return start, None  # Thermal-QA: the clip runs to the end of the recording
+    end = r.integer("end")
+    if end < start:
+        raise r.error("end", f"must satisfy 0 <= start <= end, got start={start}, end={end}")
+    return start, end
+
+
+class _Recordings:
+    """Where a Touch/Thermal question's media is: a pre-trimmed `<clips_dir>/<question_id>.<ext>`
+    when one exists (no trim), else `<video_dir>/<video_id>/<recording_file>` cut to frames [start, end)."""
+
+    def __init__(self, cfg: dict):
+        self.video_dir, self.recording_file = Path(cfg["video_dir"]), cfg["recording_file"]
+        self.clips_dir = Path(cfg["clips_dir"]) if cfg.get("clips_dir") else None
+        self.exts = _exts(cfg)
+
+    def clip(self, question_id: int) -> str | None:
+        if self.clips_dir is None:
+            return None
+        found = (self.clips_dir / f"{question_id}{ext}" for ext in self.exts)
+        return next((str(p) for p in found if p.is_file()), None)
+
+    def recording(self, video_id: str) -> str:
+        return str(self.video_dir / video_id / self.recording_file)
+
+
+def _trimmed_pairs(path: str, split: str, cfg: dict, end_required: bool) -> list[Pair]:
+    media = _Recordings(cfg)
+    pairs = []
+    for i, row in enumerate(_read_rows(path, TRIMMED_SCHEMA)):
+        r = _Row(path, i, row, TRIMMED_SCHEMA, ("question_id", "qid"))
+        recording, question_id = r.text("video_id"), r.integer("question_id")
+        options, answer = _multiple_choice(r)
+        start, end = _window(r, end_required)
+        clip = media.clip(question_id)
+        # One clip per question: several questions ask about different windows of one recording.
+        video_id = safe_video_id(f"{recording}_q{question_id}")
+        video = VideoEntry(video_id, clip, split) if clip else \
+            VideoEntry(video_id, media.recording(recording), split, start, end)
+        row_qid = str(row.get("qid") or "").strip()  # not documented: kept when present
+        qa = QARecord(
+            qid=str(question_id), video_id=video_id, split=split, question=r.text("question"),
+            answer=options[answer], options=options, answer_idx=answer, qtype=_qid_prefix(row_qid),
+            extra={"recording": recording, "qid": row_qid, "start": start, "end": end},
+        )
+        pairs.append((video, qa))
+    _check_unique_qids(pairs, path)
+    return pairs
+
+
+def touchqa(cfg: dict) -> DatasetIndex:
+    """Touch-QA: SeViLA rows plus the recording (`video_id`), `question_id` and a start/end frame window."""
+    return _read_split_files(cfg, lambda path, split: _trimmed_pairs(path, split, cfg, end_required=True))
+
+
+def thermalqa(cfg: dict) -> DatasetIndex:
+    """Thermal-QA: as Touch-QA, but `end` may be absent (the clip then runs to the recording's end)."""
+    return _read_split_files(cfg, lambda path, split: _trimmed_pairs(path, split, cfg, end_required=False))
 
 
 def demo(cfg: dict) -> DatasetIndex:
@@ -350,19 +484,19 @@ def music_avqa(cfg: dict) -> DatasetIndex:
 
 # ----------------------------------------------------------------------------- SQA3D
 
-_SQA3D_QTYPES = {"what": "What", "is": "Is", "how": "How", "can": "Can", "which": "Which"}
+# The reference's breakdown: the first of these found in the question (a case-sensitive
+# substring test, in this order), else "Others".
+SQA3D_QTYPES = ("What", "How", "Can", "Is", "Which")
 
 
 def _sqa3d_qtype(question: str) -> str:
-    """SQA3D's breakdown by the question's first word (What/Is/How/Can/Which/Other)."""
-    words = question.split()
-    return _SQA3D_QTYPES.get(words[0].lower().strip("?,.") if words else "", "Other")
+    return next((t for t in SQA3D_QTYPES if t in question), "Others")
 
 
 def sqa3d(cfg: dict) -> DatasetIndex:
-    """SQA3D as released by 3D-LLM. The "video" is the scene: `<video_dir>/<scene_id>.mp4` or a
-    folder `<video_dir>/<scene_id>/` of multi-view frames, whichever exists (the folder if neither)."""
-    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg), prefer_dir=True)
+    """SQA3D in the ScanQA format. The "video" is the scene's egocentric video
+    `<video_dir>/<scene_id>.mp4`, or a folder `<video_dir>/<scene_id>/` of frames when that exists."""
+    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
 
     def read(path: str, split: str) -> list[Pair]:
         pairs = []
@@ -447,10 +581,11 @@ def videos(cfg: dict) -> DatasetIndex:
 
 ADAPTERS: dict[str, Callable[[dict], DatasetIndex]] = {
     "nextqa": nextqa,
+    "nextqa_csv": nextqa_csv,
     "demo": demo,
     "music_avqa": music_avqa,
     "sqa3d": sqa3d,
-    "touchqa": trimmed_sevila,
-    "thermalqa": trimmed_sevila,
+    "touchqa": touchqa,
+    "thermalqa": thermalqa,
     "videos": videos,
 }

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from core.datasets import ADAPTERS, AnnotationError, load_dataset
+import released
+from core.datasets import ADAPTERS, AnnotationError, _sqa3d_qtype, load_dataset
 from core.schema import QARecord, VideoEntry, safe_video_id
 from pipeline.demo import ensure_demo
 
@@ -42,7 +43,8 @@ def _mc(video, qid, answer=1, **extra) -> dict:
 
 def test_registry_names_every_dataset_config():
     configs = {p.stem for p in (CONF / "dataset").glob("*.yaml")}
-    assert set(ADAPTERS) == configs == {"demo", "nextqa", "music_avqa", "sqa3d", "touchqa", "thermalqa", "videos"}
+    assert set(ADAPTERS) == configs == {"demo", "nextqa", "nextqa_csv", "music_avqa", "sqa3d", "touchqa", "thermalqa",
+                                        "videos"}
 
 
 def test_unknown_adapter_is_named():
@@ -218,8 +220,7 @@ def test_music_avqa_errors(tmp_path, row, key):
 
 
 def _sqa(scene, qid, question="What is in front of me?", answers=("table",)) -> dict:
-    return {"scene_id": scene, "situation": f"I am standing in {scene}.", "question": question,
-            "answers": list(answers), "question_id": qid}
+    return {**released.sqa(scene, qid, question), "answers": list(answers)}
 
 
 def test_sqa3d_scene_is_mp4_or_frame_folder(tmp_path):
@@ -232,13 +233,25 @@ def test_sqa3d_scene_is_mp4_or_frame_folder(tmp_path):
     paths = {v.video_id: v.path for v in index.videos}
     assert paths == {
         "scene0000_00": str(tmp_path / "videos" / "scene0000_00.mp4"),
-        "scene0001_00": str(tmp_path / "videos" / "scene0001_00"),
-        "scene0002_00": str(tmp_path / "videos" / "scene0002_00"),  # neither exists: frames folder
+        "scene0001_00": str(tmp_path / "videos" / "scene0001_00"),      # a folder of frames
+        "scene0002_00": str(tmp_path / "videos" / "scene0002_00.mp4"),  # neither exists: the released video
     }
     q = index.qa["train"][1]
     assert (q.qid, q.answer, q.qtype, q.options) == ("2", "yes", "Is", ())
-    assert q.extra == {"situation": "I am standing in scene0001_00.", "answers": ["yes", "yeah"]}
+    assert q.extra == {"situation": "I am sitting on the bed of scene0001_00 facing the window.", "answers": ["yes", "yeah"]}
     assert [x.qtype for x in index.qa["train"] + index.qa["val"] + index.qa["test"]] == ["What", "Is", "Which", "Can"]
+
+
+@pytest.mark.parametrize("question, qtype", [
+    ("What is on my left?", "What"),
+    ("Which way, and How far?", "How"),   # the order of the test decides, not the position in the question
+    ("Is it on, and Can I reach it?", "Can"),
+    ("How is it? What colour?", "What"),
+    ("This Island is where?", "Is"),      # a substring test, as the reference does
+    ("Where is the sink?", "Others"),     # case-sensitive: "is" is not "Is"
+])
+def test_sqa3d_question_types_follow_the_reference(question, qtype):
+    assert _sqa3d_qtype(question) == qtype
 
 
 @pytest.mark.parametrize("row, key", [
@@ -258,43 +271,194 @@ def test_sqa3d_errors(tmp_path, row, key):
 
 # ----------------------------------------------------------------------------- Touch-QA / Thermal-QA
 
+RECORDING_FILE = {"touchqa": "video.mp4", "thermalqa": "RGBD_RGB.mp4"}
 
-@pytest.mark.parametrize("name", ["touchqa", "thermalqa"])
-def test_trimmed_clips(tmp_path, name):
-    clip = lambda vid, qid, start, end: _mc("session_01", qid, video_id=vid, question_id=qid, start=start, end=end)
-    _write(tmp_path / "train.json", [clip("s01_a", "q1", 0, 30), clip("s01_b", "q2", 31.0, 60), clip("s01_a", "q3", 0, 30)])
-    _write(tmp_path / "val.json", [clip("s01_c", "q4", "61", "90")])
-    _write(tmp_path / "test.json", [clip("s01_a", "q5", 0, 30)])
-    index = load_dataset(_cfg(name, tmp_path))
-    path = str(tmp_path / "videos" / "session_01.mp4")
+
+def _clip(video_id, question_id, start, end, **extra) -> dict:
+    return {**released.trimmed(video_id, question_id, start, end), **extra}
+
+
+def _trimmed_cfg(name: str, root: Path, **splits) -> dict:
+    files = {s: str(_write(root / f"{s}.json", rows)) for s, rows in splits.items()}
+    return {"name": name, "root": str(root), "video_dir": str(root), "clips_dir": str(root / "clips"),
+            "recording_file": RECORDING_FILE[name], "video_exts": [".mp4"], "annotations": files}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDING_FILE))
+def test_each_question_is_its_own_clip_of_its_recording(tmp_path, name):
+    rows = [_clip("rec_a", 1, 0, 30), _clip("rec_a", 2, 31.0, "60"), _clip("rec_a", 3, 0, 30), _clip("rec_b", 4, 5, 9)]
+    index = load_dataset(_trimmed_cfg(name, tmp_path, train=rows, val=[_clip("rec_c", 5, 2, 3)]))
+    path = lambda rec: str(tmp_path / rec / RECORDING_FILE[name])  # noqa: E731
     assert index.videos == [
-        VideoEntry("s01_a", path, "train", 0, 30), VideoEntry("s01_b", path, "train", 31, 60),
-        VideoEntry("s01_c", path, "val", 61, 90),
+        VideoEntry("rec_a_q1", path("rec_a"), "train", 0, 30), VideoEntry("rec_a_q2", path("rec_a"), "train", 31, 60),
+        VideoEntry("rec_a_q3", path("rec_a"), "train", 0, 30), VideoEntry("rec_b_q4", path("rec_b"), "train", 5, 9),
+        VideoEntry("rec_c_q5", path("rec_c"), "val", 2, 3),
     ]
-    assert index.qa["test"][0].video_id == "s01_a" and index.qa["train"][1].extra == {"question_id": "q2"}
+    q = index.qa["train"][1]
+    assert (q.qid, q.video_id, q.qtype, q.answer_idx, q.answer) == ("2", "rec_a_q2", "TP", 1, "option 1 of TP_rec_a_2")
+    assert q.extra == {"recording": "rec_a", "qid": "TP_rec_a_2", "start": 31, "end": 60}
+    assert load_dataset(_trimmed_cfg(name, tmp_path, train=rows)).videos == index.videos[:4]  # deterministic
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{**_mc("v", "q1"), "video_id": "c", "question_id": 1, "start": 5}], "key 'end' is missing"),
-    ([{**_mc("v", "q1"), "video_id": "c", "question_id": 1, "start": 9, "end": 3}], "key 'end' must satisfy 0 <= start <= end"),
-    ([{**_mc("v", "q1"), "video_id": "c", "question_id": 1, "start": 1.5, "end": 3}], "key 'start' must be a whole number"),
-    ([{**_mc("v", "q1"), "question_id": 1, "start": 1, "end": 3}], "key 'video_id' is missing"),
+def test_a_pre_trimmed_clip_is_used_as_it_is(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "7.mp4").write_bytes(b"")
+    index = load_dataset(_trimmed_cfg("touchqa", tmp_path, train=[_clip("rec", 7, 10, 20), _clip("rec", 8, 10, 20)]))
+    assert index.videos == [VideoEntry("rec_q7", str(tmp_path / "clips" / "7.mp4"), "train"),
+                            VideoEntry("rec_q8", str(tmp_path / "rec" / "video.mp4"), "train", 10, 20)]
+
+
+def test_thermal_end_may_be_absent_touch_end_may_not(tmp_path):
+    rows = [_clip("rec", 1, 12, None), {**_clip("rec", 2, 3, None), "end": None}]
+    index = load_dataset(_trimmed_cfg("thermalqa", tmp_path, train=rows))
+    assert [(v.start, v.end) for v in index.videos] == [(12, None), (3, None)]
+    with pytest.raises(AnnotationError, match="row 0 \\(question_id=1, qid='TP_rec_1'\\): key 'end' is missing"):
+        load_dataset(_trimmed_cfg("touchqa", tmp_path, train=rows))
+
+
+def test_undocumented_video_and_qid_are_optional(tmp_path):
+    index = load_dataset(_trimmed_cfg("touchqa", tmp_path, train=[released.trimmed("rec", 3, 0, 9, bare=True)]))
+    q = index.qa["train"][0]
+    assert (q.qid, q.video_id, q.qtype, q.extra["qid"]) == ("3", "rec_q3", "", "")
+
+
+@pytest.mark.parametrize("row, message", [
+    (_clip("rec", 1, 9, 3), "key 'end' must satisfy 0 <= start <= end"),
+    (_clip("rec", 1, 1.5, 3), "key 'start' must be a whole number"),
+    (_clip("rec", 1, -2, 3), "key 'start' must be >= 0"),
+    ({k: v for k, v in _clip("rec", 1, 1, 3).items() if k != "video_id"}, "key 'video_id' is missing"),
+    ({**_clip("rec", 1, 1, 3), "question_id": "q1"}, "key 'question_id' must be an integer"),
+    (_clip("rec", 1, 1, 3, answer=7), "key 'answer' is 7, outside 0..4"),
 ])
-def test_trimmed_errors(tmp_path, rows, message):
-    path = _write(tmp_path / "train.json", rows)
-    cfg = _cfg("touchqa", tmp_path)
-    cfg["annotations"] = {"train": str(path)}
-    with pytest.raises(ValueError, match=message) as err:
+def test_trimmed_errors_name_file_row_and_key(tmp_path, row, message):
+    cfg = _trimmed_cfg("touchqa", tmp_path, train=[_clip("rec", 0, 0, 1), row])
+    with pytest.raises(AnnotationError, match=message) as err:
         load_dataset(cfg)
-    assert str(path) in str(err.value) and "qid='q1'" in str(err.value) and '"start": <frame>' in str(err.value)
+    text = str(err.value)
+    assert cfg["annotations"]["train"] in text and "row 1 (question_id=" in text and "qid='TP_rec_1'" in text
+    assert "Touch-QA/Thermal-QA format" in text and '"start": <frame>' in text
 
 
-def test_one_clip_id_cannot_mean_two_trims(tmp_path):
-    rows = [{**_mc("v", f"q{i}"), "video_id": "c", "question_id": i, "start": 0, "end": end} for i, end in enumerate((10, 20))]
-    cfg = _cfg("thermalqa", tmp_path)
-    cfg["annotations"] = {"train": str(_write(tmp_path / "train.json", rows))}
-    with pytest.raises(ValueError, match="video_id 'c' names two different clips.*qid 'q1'"):
+def test_one_question_id_means_one_clip(tmp_path):
+    with pytest.raises(AnnotationError, match="rows 0 and 1 share qid '1'"):
+        load_dataset(_trimmed_cfg("touchqa", tmp_path, train=[_clip("rec", 1, 0, 10), _clip("rec", 1, 0, 20)]))
+    cfg = _trimmed_cfg("thermalqa", tmp_path, train=[_clip("rec", 1, 0, 10)], val=[_clip("rec", 1, 0, 20)])
+    with pytest.raises(AnnotationError, match="video_id 'rec_q1' names two different clips.*qid '1' in val"):
         load_dataset(cfg)
+
+
+def test_val_from_train_moves_whole_recordings(tmp_path):
+    rows = [_clip(f"rec{r:03d}", 10 * r + n, 0, 5) for r in range(60) for n in range(3)]
+    index = load_dataset({**_trimmed_cfg("touchqa", tmp_path, train=rows), "val_from_train": 0.2})
+    train, val = ({q.extra["recording"] for q in index.qa[s]} for s in ("train", "val"))
+    assert val and not train & val and len(train | val) == 60
+    assert len(index.qa["val"]) == 3 * len(val)
+
+
+# ----------------------------------------------------------------------------- NExT-QA, original CSVs
+
+
+def _csv_cfg(root: Path) -> dict:
+    return {**_cfg("nextqa_csv", root), "video_map": str(root / "map_vid_vidorID.json"),
+            "annotations": {s: str(root / f"{s}.csv") for s in ("train", "val", "test")}}
+
+
+def test_nextqa_csv_reads_the_original_release(tmp_path):
+    released.nextqa_csv(tmp_path)
+    index = load_dataset(_csv_cfg(tmp_path))
+    vid = safe_video_id("1106/4010069381")
+    assert index.qa["train"][1] == QARecord(
+        qid="TN_4010069381_7", video_id=vid, split="train", question="why did the boy run (7)", answer="reason 4",
+        options=tuple(f"reason {i}" for i in range(5)), answer_idx=4, qtype="TN",
+    )
+    assert index.videos[0] == VideoEntry(vid, str(tmp_path / "videos" / "1106" / "4010069381.mp4"), "train")
+    assert [q.qid for q in index.qa["test"]] == ["TP_4010069381_6", "DL_5003000001_3"]
+    # the SeViLA json of the same videos gives the same video ids
+    sevila = released.nextqa(tmp_path / "sevila")
+    sevila_cfg = {**_cfg("nextqa", sevila), "annotations": {"train": str(sevila / "train.json")}}
+    assert load_dataset(sevila_cfg).videos[0].video_id == vid
+
+
+def _bad_csv(tmp_path, lines: list[str]) -> str:
+    released.nextqa_csv(tmp_path)
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join([",".join(released.CSV_HEADER), "4010069381,9,9,9,ok?,0,6,CH,a,b,c,d,e", *lines]) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("999,9,9,9,where?,0,1,CW,a,b,c,d,e", "row 1 \\(video='999', qid='1'\\): key 'video' is '999', which is not a key of"),
+    ("4010069381,9,9,9,where?,B,1,CW,a,b,c,d,e", "row 1 .*key 'answer' must be an integer"),
+    ("4010069381,9,9,9,where?,0,1,CW,a,b,c", "row 1 .*key 'a3' is missing"),
+    ("4010069381,9,9,9,where?,0,x,CW,a,b,c,d,e", "row 1 .*key 'qid' must be an integer"),
+    ("4010069381,9,9,9,where?,0,6,CH,a,b,c,d,e", "rows 0 and 1 share qid 'CH_4010069381_6'"),
+])
+def test_nextqa_csv_errors_name_file_row_and_key(tmp_path, line, message):
+    path = _bad_csv(tmp_path, [line])
+    with pytest.raises(AnnotationError, match=message) as err:
+        load_dataset(_csv_cfg(tmp_path))
+    assert path in str(err.value)
+
+
+def test_nextqa_csv_header_and_map_errors(tmp_path):
+    released.nextqa_csv(tmp_path)
+    (tmp_path / "val.csv").write_text("video,question,answer,qid,a0,a1,a2,a3,a4\n")
+    with pytest.raises(AnnotationError, match="val.csv: the header lacks column\\(s\\) \\['type'\\]"):
+        load_dataset(_csv_cfg(tmp_path))
+    (tmp_path / "map_vid_vidorID.json").unlink()
+    with pytest.raises(FileNotFoundError, match="map_vid_vidorID.json does not exist.*dataset.video_map"):
+        load_dataset(_csv_cfg(tmp_path))
+
+
+# ----------------------------------------------------------------------------- released layouts, default configs
+
+
+def _default(name: str, root: Path):
+    """conf/dataset/<name>.yaml as `make extract DATASET=<name> DATA=<root>` composes it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=None, overrides=[f"+dataset={name}", f"dataset.root={root}"]).dataset
+
+
+@pytest.mark.parametrize("name", sorted(released.WRITERS))
+def test_released_layout_loads_with_the_default_config(tmp_path, name):
+    released.WRITERS[name](tmp_path)
+    index = load_dataset(_default(name, tmp_path))
+    expected = released.EXPECTED.get(name) or {"test": released.CARVED[name][0]}
+    assert {s: len(index.qa[s]) for s in expected} == {s: c["questions"] for s, c in expected.items()}
+    assert all(v.path.startswith(str(tmp_path) + "/") for v in index.videos)
+
+
+def test_released_nextqa(tmp_path):
+    index = load_dataset(_default("nextqa", released.nextqa(tmp_path)))
+    assert [q.qid for q in index.qa["test"]] == ["TC_4010069381_9", "DO_2440175990_0"]  # val.json is the test set
+    assert len(index.qa["train"]) + len(index.qa["val"]) == 4                         # val carved from train.json
+    assert {v.path for v in index.videos} >= {str(tmp_path / "videos" / "1106" / "4010069381.mp4")}
+
+
+def test_released_touchqa(tmp_path):
+    index = load_dataset(_default("touchqa", released.touchqa(tmp_path)))
+    by_id = {v.video_id: v for v in index.videos}
+    assert by_id["20220516_190814_q12"] == VideoEntry("20220516_190814_q12", str(tmp_path / "20220516_190814" / "video.mp4"),
+                                                       "train", 30, 90)
+    assert by_id["20220519_120000_q22"] == VideoEntry("20220519_120000_q22", str(tmp_path / "clips" / "22.mp4"), "test")
+    assert [q.qid for q in index.qa["test"]] == ["21", "22"]  # touch_val.json is the test set
+    assert len(index.qa["train"]) + len(index.qa["val"]) == 4  # validation carved from train (whole recordings)
+
+
+def test_released_thermalqa(tmp_path):
+    index = load_dataset(_default("thermalqa", released.thermalqa(tmp_path)))
+    second = index.videos[1]
+    assert (second.video_id, second.start, second.end) == ("20230301_101010_q2", 45, None)
+    assert second.path == str(tmp_path / "20230301_101010" / "RGBD_RGB.mp4")
+
+
+def test_released_sqa3d_and_music_avqa(tmp_path):
+    sqa = load_dataset(_default("sqa3d", released.sqa3d(tmp_path / "sqa3d")))
+    assert sqa.videos[0] == VideoEntry("scene0000_00", str(tmp_path / "sqa3d" / "Video" / "scene0000_00.mp4"), "train")
+    assert [q.qtype for q in sqa.qa["train"] + sqa.qa["val"]] == ["What", "How", "Can", "How", "Others"]
+    assert sqa.qa["test"][0].extra["situation"].startswith("I am sitting on the bed")
+    avqa = load_dataset(_default("music_avqa", released.music_avqa(tmp_path / "avqa")))
+    assert {v.video_id: v.path for v in avqa.videos}["va00000001"] == str(tmp_path / "avqa" / "videos" / "va00000001.mp4")
 
 
 # ----------------------------------------------------------------------------- plain videos
@@ -346,6 +510,7 @@ def test_videos_errors(tmp_path):
 
 EXPECTED_MODALITIES = {
     "nextqa": ["rgb", "depth", "flow", "normal"],
+    "nextqa_csv": ["rgb", "depth", "flow", "normal"],
     "music_avqa": ["rgb", "audio", "flow", "depth", "normal"],
     "sqa3d": ["rgb", "pointcloud", "depth", "normal"],
     "touchqa": ["rgb", "flow", "depth", "normal"],
@@ -368,7 +533,10 @@ def test_dataset_configs_compose(name, monkeypatch):
     if name == "videos":
         assert cfg.path is None
         return
-    assert cfg.root == f"/data/crema/{name}" and cfg.video_dir.startswith(cfg.root + "/")
+    folder = "nextqa" if name == "nextqa_csv" else name  # both NExT-QA forms live in one dataset folder
+    assert cfg.root == f"/data/crema/{folder}" and (cfg.video_dir + "/").startswith(cfg.root + "/")
+    if name != "demo":
+        assert f"make data DATASET={name}" in text.splitlines()[0] and "<root>/" in text, "the header draws the tree"
     for split in ("train", "val", "test"):
         assert cfg.annotations[split] is None or cfg.annotations[split].startswith(cfg.root + "/")
 

@@ -31,12 +31,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """`trainer.prompt`: {question} and {options} are filled per record. Saved in every
+    """`trainer.prompt`: {question} and {options} are filled per record; a record that carries a
+    situation (SQA3D) gets `situation` around its prompt ({situation}, {prompt}). Saved in every
     checkpoint: evaluation uses the prompt the weights were trained with."""
 
     multiple_choice: str
     open_ended: str
+    situation: str             # wraps the prompt of a record with a situation: "Situation: {situation} {prompt}"
     lowercase_question: bool   # MUSIC-AVQA lower-cases its questions
+
+    def __post_init__(self) -> None:
+        for field in ("{situation}", "{prompt}"):
+            if field not in self.situation:
+                raise ValueError(f"trainer.prompt.situation={self.situation!r} lacks {field}")
 
 
 @dataclass(frozen=True)
