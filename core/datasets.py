@@ -120,6 +120,11 @@ def _read_rows(path: str | os.PathLike, schema: str) -> list[dict]:
     return rows
 
 
+def _json_rows(path: str | os.PathLike, schema: str, id_key: str | tuple[str, ...]) -> list["_Row"]:
+    """The rows of a JSON annotation file, each wrapped so its errors name file, row and ids."""
+    return [_Row(path, i, row, schema, id_key) for i, row in enumerate(_read_rows(path, schema))]
+
+
 class _Row:
     """Key access on one annotation row whose errors say which file, row, qid and key."""
 
@@ -276,8 +281,7 @@ def _qid_prefix(qid: str) -> str:
 def _sevila_pairs(path: str, split: str, cfg: dict) -> list[Pair]:
     resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
     pairs = []
-    for i, row in enumerate(_read_rows(path, NEXTQA_SCHEMA)):
-        r = _Row(path, i, row, NEXTQA_SCHEMA, "qid")
+    for r in _json_rows(path, NEXTQA_SCHEMA, "qid"):
         video_name, qid = r.text("video"), r.text("qid")
         options, answer = _multiple_choice(r)
         video_id = safe_video_id(video_name)
@@ -382,8 +386,7 @@ class _Recordings:
 def _trimmed_pairs(path: str, split: str, cfg: dict, end_required: bool) -> list[Pair]:
     media = _Recordings(cfg)
     pairs = []
-    for i, row in enumerate(_read_rows(path, TRIMMED_SCHEMA)):
-        r = _Row(path, i, row, TRIMMED_SCHEMA, ("question_id", "qid"))
+    for r in _json_rows(path, TRIMMED_SCHEMA, ("question_id", "qid")):
         recording, question_id = r.text("video_id"), r.integer("question_id")
         options, answer = _multiple_choice(r)
         start, end = _window(r, end_required)
@@ -392,7 +395,7 @@ def _trimmed_pairs(path: str, split: str, cfg: dict, end_required: bool) -> list
         video_id = safe_video_id(f"{recording}_q{question_id}")
         video = VideoEntry(video_id, clip, split) if clip else \
             VideoEntry(video_id, media.recording(recording), split, start, end)
-        row_qid = str(row.get("qid") or "").strip()  # not documented: kept when present
+        row_qid = str(r.row.get("qid") or "").strip()  # not documented: kept when present
         qa = QARecord(
             qid=str(question_id), video_id=video_id, split=split, question=r.text("question"),
             answer=options[answer], options=options, answer_idx=answer, qtype=_qid_prefix(row_qid),
@@ -462,8 +465,7 @@ def music_avqa(cfg: dict) -> DatasetIndex:
 
     def read(path: str, split: str) -> list[Pair]:
         pairs = []
-        for i, row in enumerate(_read_rows(path, MUSIC_AVQA_SCHEMA)):
-            r = _Row(path, i, row, MUSIC_AVQA_SCHEMA, "question_id")
+        for r in _json_rows(path, MUSIC_AVQA_SCHEMA, "question_id"):
             raw_id = r.text("video_id")
             video_id = safe_video_id(raw_id)
             types = [str(t) for t in _json_list(r, "type")]
@@ -500,8 +502,7 @@ def sqa3d(cfg: dict) -> DatasetIndex:
 
     def read(path: str, split: str) -> list[Pair]:
         pairs = []
-        for i, row in enumerate(_read_rows(path, SQA3D_SCHEMA)):
-            r = _Row(path, i, row, SQA3D_SCHEMA, "question_id")
+        for r in _json_rows(path, SQA3D_SCHEMA, "question_id"):
             scene = r.text("scene_id")
             answers = r["answers"]
             answers = [answers] if isinstance(answers, str) else answers
