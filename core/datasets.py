@@ -39,6 +39,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.modalities import STREAMS
 from core.schema import SPLITS, DatasetIndex, QARecord, VideoEntry, safe_video_id
 
 DEFAULT_VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -372,15 +373,40 @@ class _Recordings:
         self.video_dir, self.recording_file = Path(cfg["video_dir"]), cfg["recording_file"]
         self.clips_dir = Path(cfg["clips_dir"]) if cfg.get("clips_dir") else None
         self.exts = _exts(cfg)
+        # the sensor stream beside the RGB video: {modality: {"file": name in the recording folder,
+        # "clips_dir": folder of pre-trimmed clips (optional)}}
+        self.streams = {m: dict(s) for m, s in (cfg.get("streams") or {}).items()}
+        unknown = [m for m in self.streams if m not in STREAMS]
+        if unknown:
+            raise ValueError(f"dataset {cfg.get('name')!r}: streams {unknown} are not stream modalities "
+                             f"{list(STREAMS)} (core/modalities.py)")
+
+    @staticmethod
+    def _find(folder, question_id: int, exts) -> str | None:
+        if not folder:
+            return None
+        found = (Path(folder) / f"{question_id}{ext}" for ext in exts)
+        return next((str(p) for p in found if p.is_file()), None)
 
     def clip(self, question_id: int) -> str | None:
-        if self.clips_dir is None:
-            return None
-        found = (self.clips_dir / f"{question_id}{ext}" for ext in self.exts)
-        return next((str(p) for p in found if p.is_file()), None)
+        return self._find(self.clips_dir, question_id, self.exts)
 
     def recording(self, video_id: str) -> str:
         return str(self.video_dir / video_id / self.recording_file)
+
+    def sensor_streams(self, video_id: str, question_id: int, trimmed: bool) -> tuple[tuple[str, str], ...]:
+        """(modality, path) of each sensor stream: the recording's file (sampled at the RGB frames'
+        times, so the same window), or, when the RGB clip is pre-trimmed, the stream's pre-trimmed
+        clip (the recording's times would not match a clip that starts at 0). A pre-trimmed clip
+        without its stream counterpart names the expected file: decode lists it as missing."""
+        out = []
+        for m, spec in self.streams.items():
+            if not trimmed:
+                out.append((m, str(self.video_dir / video_id / spec["file"])))
+            elif spec.get("clips_dir"):
+                found = self._find(spec["clips_dir"], question_id, self.exts)
+                out.append((m, found or str(Path(spec["clips_dir"]) / f"{question_id}{self.exts[0]}")))
+        return tuple(out)
 
 
 def _trimmed_pairs(path: str, split: str, cfg: dict, end_required: bool) -> list[Pair]:
@@ -393,8 +419,9 @@ def _trimmed_pairs(path: str, split: str, cfg: dict, end_required: bool) -> list
         clip = media.clip(question_id)
         # One clip per question: several questions ask about different windows of one recording.
         video_id = safe_video_id(f"{recording}_q{question_id}")
-        video = VideoEntry(video_id, clip, split) if clip else \
-            VideoEntry(video_id, media.recording(recording), split, start, end)
+        streams = media.sensor_streams(recording, question_id, trimmed=bool(clip))
+        video = VideoEntry(video_id, clip, split, streams=streams) if clip else \
+            VideoEntry(video_id, media.recording(recording), split, start, end, streams=streams)
         row_qid = str(r.row.get("qid") or "").strip()  # not documented: kept when present
         qa = QARecord(
             qid=str(question_id), video_id=video_id, split=split, question=r.text("question"),

@@ -92,6 +92,9 @@ def resolve_features(features_cfg: Any) -> dict:
                              f"features.extractors.{stage}.provides does not list features.{m}")
     decode = dict(feats["decode"])
     decode["audio"] = "audio" in modalities
+    streams = [m for m in modalities if MODALITIES[m].stream]
+    if streams:  # only then: the hash of every store without sensor streams stays as it was
+        decode["streams"] = streams
     selected = {name: ext for name, ext in feats["extractors"].items() if name in needed}
     extractors = {}
     for name in stage_order(selected):

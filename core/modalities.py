@@ -4,13 +4,15 @@ Every part of the project reads this table (the pipeline's stage selection, the 
 the model's per-modality handling, the trainer's feature widths, the benchmarks); no other
 module lists the modalities.
 
-    name        kind    store keys                    stages that produce it          encoder
-    rgb         frame   rgb                           encoder                         encoder
-    depth       frame   depth                         depth, encoder                  encoder
-    flow        frame   flow                          flow, encoder                   encoder
-    normal      frame   normal                        depth, normal, encoder          encoder
-    audio       clip    audio                         audio                           audio
-    pointcloud  points  pointcloud, pointcloud_xyz    depth, encoder, pointcloud      pointcloud
+    name        kind    store keys                    stages that produce it          encoder     stream
+    rgb         frame   rgb                           encoder                         encoder     -
+    depth       frame   depth                         depth, encoder                  encoder     -
+    flow        frame   flow                          flow, encoder                   encoder     -
+    normal      frame   normal                        depth, normal, encoder          encoder     -
+    audio       clip    audio                         audio                           audio       -
+    pointcloud  points  pointcloud, pointcloud_xyz    depth, encoder, pointcloud      pointcloud  -
+    touch       frame   touch                         encoder                         encoder     yes
+    thermal     frame   thermal                       encoder                         encoder     yes
 
 - frame: one frozen-ViT token grid per stored frame, on the SAME frame indices for every frame
   modality (rgb is the frames themselves; depth/flow/normal are rendered to images first);
@@ -19,7 +21,10 @@ module lists the modalities.
 
 `stages` is the set of extractor stages (conf/extractor/*.yaml) a modality needs; the order the
 stages run in comes from their `needs:` / `provides:` (core.features.stage_order). `encoder` is
-the stage whose output is stored as the modality's features.
+the stage whose output is stored as the modality's features. A `stream` modality is a sensor
+video of its own recorded beside the RGB one (Touch-QA's GelSight video, Thermal-QA's thermal
+camera): the dataset adapter names its file (`VideoEntry.streams`), the decode stage reads it in
+the same pass as the RGB video at the RGB frames' timestamps, and the image encoder encodes it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Modality:
     store_keys: tuple[str, ...]    # arrays per video in the store (the first one is the features)
     stages: tuple[str, ...]        # extractor stages that must run to produce it
     encoder: str                   # the stage that writes its features
+    stream: bool = False           # decoded from a sensor video of its own (not derived from RGB)
 
 
 def _table(*rows: Modality) -> dict[str, Modality]:
@@ -57,10 +63,15 @@ MODALITIES: dict[str, Modality] = _table(
     Modality("audio", "clip", ("audio",), ("audio",), "audio"),
     Modality("pointcloud", "points", ("pointcloud", "pointcloud_xyz"), ("depth", "encoder", "pointcloud"),
              "pointcloud"),
+    # Appended last on purpose: the store writes keys in table order (stores made before stay
+    # byte-identical).
+    Modality("touch", "frame", ("touch",), ("encoder",), "encoder", stream=True),
+    Modality("thermal", "frame", ("thermal",), ("encoder",), "encoder", stream=True),
 )
 
 NAMES: tuple[str, ...] = tuple(MODALITIES)
 FRAME: tuple[str, ...] = tuple(m for m, row in MODALITIES.items() if row.kind == "frame")
+STREAMS: tuple[str, ...] = tuple(m for m, row in MODALITIES.items() if row.stream)
 # The modality whose frames are the video itself: point clouds lift its tokens, espresso fusion
 # fuses the others onto its tokens.
 BASE = "rgb"

@@ -13,7 +13,7 @@ Shard payload (what an extractor's ``__call__(batch) -> batch`` receives and ret
 
 A ``video`` dict holds (keys are added stage by stage):
 
-    video_id, path, start, end                      from the manifest
+    video_id, path, start, end, streams             from the manifest (streams: {modality: path})
     failed: None | {"stage", "reason"}              set => no record is written for this video;
                                                     stages skip videos whose "failed" is set
     errors: [{"stage", "reason"}]                   a modality missing for this video (audio-less,
@@ -25,7 +25,8 @@ A ``video`` dict holds (keys are added stage by stage):
     audio: float32 [S] | None (16 kHz mono), audio_sr
     maps: {"depth": float32 [F, H, W] (metres), "flow": float32 [F, 2, H, W] (dx, dy pixels),
            "normal": float32 [F, 3, H, W] (unit, camera frame)}
-    images: {"depth" | "flow" | "normal": uint8 [F, H, W, 3]}   rendered for the image encoder
+    images: {"depth" | "flow" | "normal": uint8 [F, H, W, 3]}   rendered for the image encoder;
+            {"touch" | "thermal": uint8 [F, H', W', 3]}         a sensor stream's frames at the RGB timestamps
     features: {"rgb" | "depth" | "flow" | "normal": float16 [F, tokens, dim],
                "audio": float16 [chunks, tokens, dim],
                "pointcloud": float16 [P, dim], "pointcloud_xyz": uint8 [P, 3]}
@@ -67,6 +68,9 @@ class VideoEntry:
     split: str
     start: int | None = None
     end: int | None = None
+    # Sensor videos recorded beside this one ((modality, path) pairs, e.g. ("touch", ".../gelsight.mp4")),
+    # decoded in the same pass at the RGB frames' timestamps (core.modalities: stream modalities).
+    streams: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

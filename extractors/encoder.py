@@ -105,11 +105,15 @@ class EncoderExtractor:
             wanted = [m for m in dict.fromkeys(["rgb", *self.modalities]) if sources.get(m) is not None]
             if not wanted:
                 continue
-            # One pass over all of a video's images: same-size frames batch together.
-            stacked = np.concatenate([np.asarray(sources[m]) for m in wanted])
-            tokens = self.encode(stacked)
-            counts = np.cumsum([0] + [len(sources[m]) for m in wanted])
-            for m, a, b in zip(wanted, counts[:-1], counts[1:]):
-                video.setdefault("features", {})[m] = tokens[a:b]
+            # One pass over each size of a video's images: same-size frames batch together (a
+            # sensor stream, e.g. a 288x384 thermal camera beside 480x640 RGB, is its own group).
+            groups: dict[tuple, list[str]] = {}
+            for m in wanted:
+                groups.setdefault(np.asarray(sources[m]).shape[1:], []).append(m)
+            for mods in groups.values():
+                tokens = self.encode(np.concatenate([np.asarray(sources[m]) for m in mods]))
+                counts = np.cumsum([0] + [len(sources[m]) for m in mods])
+                for m, a, b in zip(mods, counts[:-1], counts[1:]):
+                    video.setdefault("features", {})[m] = tokens[a:b]
             video.setdefault("model_meta", {})[self.cfg.name] = dict(self.meta)
         return batch

@@ -28,11 +28,14 @@ class DecodeConfig:
     audio: bool = True
     audio_sr: int = 16000
     image_fps: float = 3.0  # frame rate assumed for folders of images
+    streams: tuple[str, ...] = ()  # sensor-stream modalities to decode beside the RGB video
 
     @classmethod
     def from_cfg(cls, cfg) -> "DecodeConfig":
         keys = cls.__dataclass_fields__
-        return cls(**{k: cfg[k] for k in keys if k in cfg})
+        out = {k: cfg[k] for k in keys if k in cfg}
+        out["streams"] = tuple(out.get("streams") or ())
+        return cls(**out)
 
 
 def segment_indices(num_frames: int, count: int, start: int | None = None, end: int | None = None) -> np.ndarray:
@@ -85,7 +88,8 @@ def _decode_decord(path: str, cfg: DecodeConfig, start, end) -> dict:
             "fps": float(vr.get_avg_fps()), "num_frames": n, "decoder": "decord"}
 
 
-def _decode_pyav(path: str, cfg: DecodeConfig, start, end) -> dict:
+def _pyav_frames(path: str) -> tuple[list[np.ndarray], list[float], float]:
+    """Every RGB frame of the first video stream, its time (seconds) and the stream's fps."""
     import av
 
     with av.open(path) as container:
@@ -99,6 +103,11 @@ def _decode_pyav(path: str, cfg: DecodeConfig, start, end) -> dict:
             times.append(float(frame.time) if frame.time is not None else len(times) / max(fps, 1e-6))
     if not frames:
         raise DecodeError("no decodable video frames")
+    return frames, times, fps
+
+
+def _decode_pyav(path: str, cfg: DecodeConfig, start, end) -> dict:
+    frames, times, fps = _pyav_frames(path)
     n = len(frames)
     idx = segment_indices(n, cfg.num_frames_stored, start, end)
     nxt = _next_indices(idx, n)
@@ -193,6 +202,47 @@ def decode_video(path: str, cfg: DecodeConfig, start: int | None = None, end: in
     if out["next_frames"] is not None:
         out["next_frames"] = _resize(out["next_frames"], cfg.max_side)
     return out
+
+
+def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each time in `wanted`, the index of the closest of the sorted frame `times`."""
+    times = np.asarray(times, np.float64)
+    right = np.clip(np.searchsorted(times, wanted), 0, len(times) - 1)
+    left = np.clip(right - 1, 0, len(times) - 1)
+    return np.where(np.abs(times[left] - wanted) <= np.abs(times[right] - wanted), left, right).astype(np.int64)
+
+
+def _stream_decord(path: str, timestamps: np.ndarray) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    if len(vr) == 0:
+        raise DecodeError("no decodable video frames")
+    idx = nearest_frames(vr.get_frame_timestamp(list(range(len(vr))))[:, 0], timestamps)
+    return vr.get_batch(idx.tolist()).asnumpy()
+
+
+def _stream_pyav(path: str, timestamps: np.ndarray) -> np.ndarray:
+    frames, times, _ = _pyav_frames(path)
+    return np.stack([frames[i] for i in nearest_frames(np.asarray(times), timestamps)])
+
+
+def decode_stream(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
+    """A sensor video's frames nearest to `timestamps` (the RGB frames' times, seconds):
+    uint8 [F, H, W, 3], the longer side at most `max_side`. decord first, PyAV as the fallback."""
+    p = Path(path)
+    if not p.is_file():
+        raise DecodeError(f"file not found: {path}")
+    if os.path.getsize(p) == 0:
+        raise DecodeError(f"empty file (0 bytes): {path}")
+    try:
+        frames = _stream_decord(str(p), np.asarray(timestamps, np.float64))
+    except Exception as first:
+        try:
+            frames = _stream_pyav(str(p), np.asarray(timestamps, np.float64))
+        except Exception as second:
+            raise DecodeError(f"undecodable video (decord: {_short(first)}; PyAV: {_short(second)})") from None
+    return _resize(frames, max_side)
 
 
 def _short(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.hub import ModelUnavailableError
 from core.store import ShardSpec
-from pipeline.decode import DecodeConfig, DecodeError, decode_video
+from pipeline.decode import DecodeConfig, DecodeError, decode_stream, decode_video
 from pipeline.store import write_shard
 
 
@@ -45,7 +45,8 @@ def initial_payload(spec: ShardSpec, entries) -> dict:
     """The payload a shard starts with: manifest fields only."""
     return {
         "shard_id": spec.shard_id, "split": spec.split, "timings": {},
-        "videos": [{"video_id": e.video_id, "path": e.path, "start": e.start, "end": e.end, "failed": None,
+        "videos": [{"video_id": e.video_id, "path": e.path, "start": e.start, "end": e.end,
+                    "streams": dict(e.streams), "failed": None,
                     "errors": [], "maps": {}, "images": {}, "features": {}, "model_meta": {}} for e in entries],
     }
 
@@ -67,7 +68,21 @@ class DecodeStage:
                 video["failed"] = {"stage": "decode", "reason": str(exc)}
             except Exception as exc:  # a decoder crash is a per-video failure, not a run failure
                 video["failed"] = {"stage": "decode", "reason": _reason(exc)}
+            if not video["failed"]:
+                self._streams(video)
         return payload
+
+    def _streams(self, video: dict) -> None:
+        """The requested sensor streams, at the RGB frames' timestamps, into images[m]. A missing
+        or undecodable stream costs that modality of that video only (listed, not fatal)."""
+        for m in self.cfg.streams:
+            path = (video.get("streams") or {}).get(m)
+            try:
+                if not path:
+                    raise DecodeError(f"the dataset names no {m} video for this clip")
+                video["images"][m] = decode_stream(path, video["timestamps"], self.cfg.max_side)
+            except Exception as exc:
+                video["errors"].append({"stage": "decode", "reason": f"{m} stream: {_reason(exc)}"})
 
     def __call__(self, batch: dict) -> dict:
         return _out([_timed(self.name, self.run, p) for p in _rows(batch)])

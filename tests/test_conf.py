@@ -52,8 +52,8 @@ def test_unneeded_extractors_neither_run_nor_enter_the_hash():
 
 
 def test_unknown_modality_is_named():
-    with pytest.raises(ValueError, match="unknown modalities \\['thermal'\\]"):
-        resolve_features(make("extract", ["features.modalities=[rgb,thermal]"]).features)
+    with pytest.raises(ValueError, match="unknown modalities \\['smell'\\]"):
+        resolve_features(make("extract", ["features.modalities=[rgb,smell]"]).features)
 
 
 def test_preview_config_composes():

@@ -438,9 +438,12 @@ def test_released_nextqa(tmp_path):
 def test_released_touchqa(tmp_path):
     index = load_dataset(_default("touchqa", released.touchqa(tmp_path)))
     by_id = {v.video_id: v for v in index.videos}
+    gelsight = (("touch", str(tmp_path / "20220516_190814" / "gelsight.mp4")),)
     assert by_id["20220516_190814_q12"] == VideoEntry("20220516_190814_q12", str(tmp_path / "20220516_190814" / "video.mp4"),
-                                                       "train", 30, 90)
-    assert by_id["20220519_120000_q22"] == VideoEntry("20220519_120000_q22", str(tmp_path / "clips" / "22.mp4"), "test")
+                                                       "train", 30, 90, streams=gelsight)
+    # a pre-trimmed RGB clip: its tactile counterpart is expected in touch_clips/ (decode lists it if absent)
+    assert by_id["20220519_120000_q22"] == VideoEntry("20220519_120000_q22", str(tmp_path / "clips" / "22.mp4"), "test",
+                                                       streams=(("touch", str(tmp_path / "touch_clips" / "22.mp4")),))
     assert [q.qid for q in index.qa["test"]] == ["21", "22"]  # touch_val.json is the test set
     assert len(index.qa["train"]) + len(index.qa["val"]) == 4  # validation carved from train (whole recordings)
 
@@ -513,8 +516,8 @@ EXPECTED_MODALITIES = {
     "nextqa_csv": ["rgb", "depth", "flow", "normal"],
     "music_avqa": ["rgb", "audio", "flow", "depth", "normal"],
     "sqa3d": ["rgb", "pointcloud", "depth", "normal"],
-    "touchqa": ["rgb", "flow", "depth", "normal"],
-    "thermalqa": ["rgb", "flow", "depth", "normal"],
+    "touchqa": ["rgb", "flow", "depth", "normal", "touch"],
+    "thermalqa": ["rgb", "flow", "depth", "normal", "thermal"],
     "demo": ["rgb", "depth", "flow", "normal", "pointcloud", "audio"],
     "videos": ["rgb", "depth", "flow", "normal", "pointcloud", "audio"],
 }
