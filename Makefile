@@ -5,6 +5,7 @@ OUT      ?= outputs/features
 FEATURES ?= $(if $(filter demo,$(DATASET)),tiny,full)
 DATA     ?=
 ARGS     ?=
+FORMAT   ?= h5
 RAY_ADDRESS ?= http://127.0.0.1:8265
 
 PY    := .venv/bin/python
@@ -16,10 +17,10 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval params test test-fast bench preview submit clean
+.PHONY: help setup data extract train eval params export import test test-fast bench preview submit clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
+	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
 
 $(STAMP): pyproject.toml uv.lock scripts/setup.sh
 	bash scripts/setup.sh
@@ -41,6 +42,12 @@ eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo ARGS="ckpt=<pat
 
 params: $(STAMP)  ## trainable parameters per module: make params ARGS="model=crema_full"
 	$(PY) scripts/params.py $(ARGS)
+
+export: $(STAMP)  ## a store's features -> HDF5 (per_video | stacked): make export FORMAT=h5 DATASET=demo [ARGS="export.layout=stacked"]
+	$(PY) scripts/export.py format=$(FORMAT) $(HYDRA_DATASET) out=$(OUT) $(ARGS)
+
+import: $(STAMP)  ## HDF5 features -> a new store: make import FORMAT=h5 OUT=/tmp/imported ARGS="import.path=<file.h5>"
+	$(PY) scripts/import_features.py format=$(FORMAT) $(HYDRA_COMMON) $(ARGS)
 
 preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)

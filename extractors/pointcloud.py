@@ -17,6 +17,12 @@ The 3D-LLM recipe, from video instead of a scanned scene:
 
 Adds features.pointcloud float16 [P, dim] and features.pointcloud_xyz uint8 [P, 3] (the 3D-LLM
 layout the trainer reads), maps.pointcloud float32 [P, 3] (metres, camera frame, for previews).
+
+With `scene_features` configured (conf/extractor/pointcloud_3dllm.yaml), a video whose scene has
+3D-LLM's files takes its points from them instead (extractors.scene_features: the same P uniform
+rows seeded by the video id, features as released, voxel coordinates mapped to 0..255; maps.pointcloud
+then holds the sampled voxel coordinates); a scene without a `.pt` falls back to the depth-lifted
+cloud above, or with `fallback: none` its pointcloud is listed as missing.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import math
 
 import numpy as np
 
-from extractors import geometry
+from extractors import geometry, scene_features
 
 
 def video_seed(video_id: str, seed: int) -> int:
@@ -125,6 +131,7 @@ class PointCloudExtractor:
         self.meta = {"model_id": "open3d:backproject+voxel", "revision": None, "resolved_revision": None,
                      "source": "depth+rgb-tokens", "fov_deg": float(cfg.fov_deg), "voxel_size": float(cfg.voxel_size),
                      "num_points": int(cfg.num_points), "frames": cfg.frames}
+        self.scenes = scene_features.SceneSource.from_cfg(cfg.get("scene_features"), int(cfg.feature_dim))
 
     @classmethod
     def spec_for(cls, cfg) -> dict:
@@ -163,18 +170,56 @@ class PointCloudExtractor:
                          "sampled_with_replacement": bool(len(centroids) < int(self.cfg.num_points)),
                          "bbox_min": [float(x) for x in low], "bbox_extent": extent}}
 
+    def from_scene(self, video_id: str, feats: np.ndarray, coords: np.ndarray, files: dict) -> dict:
+        """One video's point cloud from its scene's 3D-LLM rows: P rows drawn like build()'s voxels."""
+        rng = np.random.default_rng(video_seed(video_id, int(self.cfg.seed)))
+        chosen = sample_voxels(len(feats), int(self.cfg.num_points), rng)
+        grid, offset, scale = scene_features.to_grid(coords)
+        return {"xyz": coords[chosen].astype(np.float32), "q": grid[chosen],
+                "features": feats[chosen].astype(np.float16),
+                "meta": {"model_id": "3d-llm:voxelized_features_sam_nonzero", "revision": None,
+                         "resolved_revision": None, "source": "3d-llm", "features_dir": str(self.scenes.features_dir),
+                         **files, "num_points": int(self.cfg.num_points), "points_in_scene": int(len(feats)),
+                         "points_sampled": int(len(chosen)),
+                         "sampled_with_replacement": bool(len(feats) < int(self.cfg.num_points)),
+                         "xyz_offset": [int(x) for x in offset], "xyz_scale": float(scale)}}
+
+    def _lifted(self, video: dict) -> dict | str:
+        """The depth-lifted point cloud (with its meta), or the reason there is none."""
+        result = self._missing(video) or self.build(video["video_id"], np.asarray(video["maps"]["depth"]),
+                                                     np.asarray(video["features"]["rgb"]))
+        if not isinstance(result, str):
+            result["meta"] = {**self.meta, **result["meta"]}
+        return result
+
+    def extract(self, video: dict) -> dict | str:
+        """One video's point cloud: from its scene's 3D-LLM files when configured and present, else
+        lifted from depth (unless `fallback: none`); a str is the reason there is none."""
+        if self.scenes is None:
+            return self._lifted(video)
+        found = self.scenes.load(video, int(self.cfg.feature_dim))
+        if not isinstance(found, str):
+            return self.from_scene(video["video_id"], *found)
+        if self.scenes.fallback == "none":
+            return f"{found} (scene_features.fallback: none)"
+        result = self._lifted(video)
+        if not isinstance(result, str):
+            result["meta"]["scene_features"] = f"{found}: lifted from depth instead"
+        return result
+
     def __call__(self, batch: dict) -> dict:
         for video in batch["videos"]:
             if video.get("failed"):
                 continue
-            reason = self._missing(video)
-            result = reason or self.build(video["video_id"], np.asarray(video["maps"]["depth"]),
-                                          np.asarray(video["features"]["rgb"]))
+            try:
+                result = self.extract(video)
+            except scene_features.SceneFileError as exc:  # this scene's files only: listed, the rest goes on
+                result = str(exc)
             if isinstance(result, str):
                 video.setdefault("errors", []).append({"stage": self.cfg.name, "reason": result})
                 continue
-            video["features"]["pointcloud"] = result["features"]
+            video.setdefault("features", {})["pointcloud"] = result["features"]
             video["features"]["pointcloud_xyz"] = result["q"]
             video.setdefault("maps", {})["pointcloud"] = result["xyz"]
-            video.setdefault("model_meta", {})[self.cfg.name] = {**self.meta, **result["meta"]}
+            video.setdefault("model_meta", {})[self.cfg.name] = result["meta"]
         return batch

@@ -112,3 +112,23 @@ def test_tiny_presets_are_their_full_preset_plus_overrides(group, tiny, full):
 def test_the_full_preset_extracts_flow_with_unimatch_as_the_paper():
     flow = resolve_features(make("extract", ["dataset=nextqa", "features=full"]).features)["extractors"]["flow"]
     assert flow["backend"] == "ptlflow" and flow["ptlflow"] == {"model": "unimatch_sc2_ref6", "ckpt": "mix"}
+
+
+def test_3dllm_scene_features_compose_in_both_apps_and_their_folders_stay_out_of_the_hash():
+    """extract and train compose the same features node: the folders follow dataset.root in each
+    app, and the hash (what the trainer checks the store against) does not depend on them."""
+    swap = ["dataset=sqa3d", "extractor@features.extractors.pointcloud=pointcloud_3dllm"]
+    extract = make("extract", [*swap, "dataset.root=/cluster/sqa3d"])
+    train = make("train", [*swap, "dataset.root=/laptop/sqa3d"])
+    scenes = resolve_features(extract.features)["extractors"]["pointcloud"]["scene_features"]
+    assert scenes["features_dir"] == "/cluster/sqa3d/voxelized_features_sam_nonzero_preprocess"
+    assert scenes["voxels_dir"] == "/cluster/sqa3d/voxelized_voxels_sam_nonzero_preprocess"
+    assert resolve_features(train.features)["extractors"]["pointcloud"]["scene_features"]["voxels_dir"] == \
+        "/laptop/sqa3d/voxelized_voxels_sam_nonzero_preprocess"
+    assert config_hash(extract.features) == config_hash(train.features)
+    assert config_hash(extract.features) != config_hash(make("extract", ["dataset=sqa3d"]).features)
+    no_fallback = make("extract", [*swap, "features.extractors.pointcloud.scene_features.fallback=none"])
+    assert config_hash(no_fallback.features) != config_hash(extract.features)
+    # a dataset without the folders composes too (the stage then asks for them by name)
+    demo = resolve_features(make("extract", ["extractor@features.extractors.pointcloud=pointcloud_3dllm"]).features)
+    assert demo["extractors"]["pointcloud"]["scene_features"]["features_dir"] is None

@@ -1,0 +1,388 @@
+"""HDF5 interop: export a store's features to the .h5 layouts VideoQA codebases read, and import
+such files (ours, or features extracted elsewhere) into a new store.
+
+One file per store key (core.modalities.STORE_KEYS), in one of two layouts::
+
+    per_video   /<video_id>                   one dataset per video: that video's array
+    stacked     /<key> [N, ...], /ids [N]     row i belongs to ids[i] (utf-8); N = videos that have it
+
+Both are chunked one video per chunk and compressed (gzip); the file's attrs carry the store's
+config hash, dataset, store format, the store key (`modality`), the per-video shape and dtype.
+The importer tells the layouts apart by the `ids` dataset, validates every array against the
+modality table, and writes real shards (pipeline.store.write_shard) into a NEW store, so the
+trainer reads it like an extracted one. Imported videos have no source frame indices: their
+`frame_indices` are -1 and `timestamps` NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from core.features import config_hash as features_hash, hashed_view
+from core.modalities import MODALITIES, STORE_KEYS, Modality
+from core.schema import SPLITS, DatasetIndex, VideoEntry, safe_video_id
+from core.store import FAILURES, STORE_FORMAT, STORE_META, FeatureStore
+from core.util import TMP_PREFIX, write_json_atomic
+from pipeline.manifest import build_manifest
+from pipeline.report import build_report
+from pipeline.store import init_store, write_failures, write_shard
+
+H5_FORMAT = "crema-h5/1"
+LAYOUTS = ("per_video", "stacked")
+IDS = "ids"
+RANK = {"frame": 3, "clip": 3, "points": 2}  # features: [frames|chunks, tokens, dim] or [points, dim]
+
+
+class H5Error(ValueError):
+    """A request the export or import cannot honour as asked (what, where, and what to do)."""
+
+
+def owner(key: str) -> Modality:
+    """The modality a store key belongs to; its first store key is the features."""
+    for row in MODALITIES.values():
+        if key in row.store_keys:
+            return row
+    raise H5Error(f"{key!r} is not a store key; choose from {list(STORE_KEYS)}")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_keys(fs: FeatureStore, requested) -> list[str]:
+    """The store keys to export: `all` (every key the store holds) or the names asked for."""
+    have = [k for k in STORE_KEYS if k in fs.modalities]
+    if not have:
+        raise H5Error(f"store {fs.root} holds no features yet (no valid shards); run `make extract` first")
+    names = [requested] if isinstance(requested, str) else list(requested)
+    if names == ["all"]:
+        return have
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise H5Error(f"store {fs.root} has no {', '.join(map(repr, unknown))} features; it has "
+                      f"{', '.join(have)} (or all)")
+    return names
+
+
+@contextmanager
+def atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """An h5 file written beside `path` and renamed over it only once complete and synced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_store(root: str | Path, *, modality="all", layout: str = "per_video", out_dir: str | Path | None = None,
+                 compression: str = "gzip", level: int = 4) -> list[dict]:
+    """Write each requested store key of the store at `root` to `<out_dir>/<key>.h5` (default
+    `<root>/export/`); one summary per file."""
+    if layout not in LAYOUTS:
+        raise H5Error(f"export.layout={layout!r}: choose from {list(LAYOUTS)}")
+    if compression not in ("gzip", "none") or not 0 <= int(level) <= 9:
+        raise H5Error(f"export.compression={compression!r} level={level}: use gzip with a level 0..9, or none")
+    fs = FeatureStore(root)
+    keys = export_keys(fs, modality)
+    filters = {} if compression == "none" else {"compression": "gzip", "compression_opts": int(level)}
+    out_dir = Path(out_dir) if out_dir else fs.root / "export"
+    return [export_key(fs, key, out_dir / f"{key}.h5", layout=layout, filters=filters) for key in keys]
+
+
+def export_key(fs: FeatureStore, key: str, path: Path, *, layout: str, filters: dict) -> dict:
+    """One store key -> one .h5 file; videos lacking it are skipped and counted."""
+    ids = [v for v in fs.video_ids if fs.has(v, key)]
+    shape, dtype = tuple(fs.modalities[key]["shape"]), np.dtype(fs.modalities[key]["dtype"])
+    summary = {"modality": key, "path": str(path), "layout": layout, "videos": len(ids),
+               "skipped": len(fs) - len(ids), "shape": list(shape), "dtype": str(dtype)}
+    with atomic_h5(path) as f:
+        f.attrs.update({"format": H5_FORMAT, "store_format": fs.info.get("format", STORE_FORMAT),
+                        "config_hash": fs.config_hash, "dataset": fs.info.get("dataset", fs.root.name),
+                        "modality": key, "layout": layout, "shape": np.asarray(shape, np.int64),
+                        "dtype": str(dtype), "num_videos": len(ids), "skipped": summary["skipped"],
+                        "features": json.dumps(fs.info.get("features", {}), sort_keys=True)})
+        rows = tqdm(ids, desc=f"export {key}", unit="video", dynamic_ncols=True)
+        if layout == "stacked":
+            data = f.create_dataset(key, shape=(len(ids), *shape), dtype=dtype, chunks=(1, *shape), **filters)
+            f.create_dataset(IDS, data=ids, dtype=h5py.string_dtype("utf-8"))
+            for i, vid in enumerate(rows):
+                data[i] = _row(fs, vid, key, shape)
+        else:
+            for vid in rows:
+                f.create_dataset(vid, data=_row(fs, vid, key, shape), chunks=shape, **filters)
+    return summary
+
+
+def _row(fs: FeatureStore, vid: str, key: str, shape: tuple) -> np.ndarray:
+    arr = fs.get(vid, key)
+    if arr.shape != shape:  # shards agree within themselves; a file needs one shape across all of them
+        raise H5Error(f"store {fs.root}: video {vid!r} has {key} of shape {list(arr.shape)}, other shards "
+                      f"{list(shape)}; one .h5 file needs one per-video shape (re-extract the odd shards)")
+    return arr
+
+
+# --------------------------------------------------------------------------- import: one file
+
+
+@dataclass
+class H5Source:
+    """One .h5 file opened for import: its store key, layout, ids and where each id's array is."""
+
+    path: Path
+    file: h5py.File
+    key: str
+    layout: str
+    rows: dict[str, str | int]      # safe video id -> dataset name (per_video) or row (stacked)
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    array: str | None = None        # the stacked array's name
+    renamed: dict[str, str] = field(default_factory=dict)  # raw id -> safe id, where they differ
+
+    def __contains__(self, vid: str) -> bool:
+        return vid in self.rows
+
+    def read(self, vid: str) -> np.ndarray:
+        where = self.rows[vid]
+        return self.file[self.array][where] if self.layout == "stacked" else self.file[where][()]
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.file.attrs.items()}
+
+
+def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    found: dict[str, h5py.Dataset] = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _stacked_layout(path: Path, f: h5py.File, ids_key: str, array: str | None):
+    others = [n for n in _datasets(f) if n != ids_key]
+    if array is None:
+        if len(others) != 1:
+            raise H5Error(f"{path}: has {ids_key!r} (stacked layout) and {len(others)} other datasets "
+                          f"{others[:5]}; name the features with import.array_key")
+        array = others[0]
+    if array not in f:
+        raise H5Error(f"{path}: no dataset {array!r} (import.array_key); it has {others[:5]}")
+    data, raw = f[array], f[ids_key][()]
+    if raw.ndim != 1 or len(raw) != data.shape[0]:
+        raise H5Error(f"{path}: {ids_key!r} has shape {raw.shape} but {array!r} has {data.shape[0]} rows")
+    ids = [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+    return array, ids, list(range(len(ids))), tuple(data.shape[1:]), data.dtype
+
+
+def _per_video_layout(path: Path, f: h5py.File):
+    sets = _datasets(f)
+    if not sets:
+        raise H5Error(f"{path}: holds no datasets")
+    shapes = {(d.shape, d.dtype) for d in sets.values()}
+    if len(shapes) > 1:
+        raise H5Error(f"{path}: videos have different shapes/dtypes {sorted(map(str, shapes))[:4]}; every video "
+                      f"of a modality must have the same per-video shape")
+    (shape, dtype), = shapes
+    return None, list(sets), list(sets), tuple(shape), dtype
+
+
+def _layout(f: h5py.File, ids_key: str) -> str:
+    """Our files say their layout; any other file is stacked when it has an ids dataset."""
+    said = f.attrs.get("layout")
+    said = said.decode() if isinstance(said, bytes) else said
+    if said in LAYOUTS and f.attrs.get("format") == H5_FORMAT:
+        return said
+    return "stacked" if ids_key in f else "per_video"
+
+
+def _safe_rows(path: Path, raw_ids: list[str], where: list) -> tuple[dict, dict]:
+    """Video ids as the dataset adapters make them (core.schema.safe_video_id), each once."""
+    rows, renamed = {}, {}
+    for raw, w in zip(raw_ids, where):
+        try:
+            vid = safe_video_id(raw)
+        except ValueError as exc:
+            raise H5Error(f"{path}: video id {raw!r}: {exc}") from None
+        if vid in rows:
+            raise H5Error(f"{path}: video id {raw!r} appears twice (as safe id {vid!r})")
+        rows[vid] = w
+        if vid != raw:
+            renamed[raw] = vid
+    return rows, renamed
+
+
+def check_array(key: str, shape: tuple, dtype: np.dtype, where: str) -> None:
+    """The per-video shape and dtype the trainer expects for this store key."""
+    row = owner(key)
+    if key == row.store_keys[0]:
+        ok_dtype, ok_shape, want = dtype.kind == "f", len(shape) == RANK[row.kind], f"float, {RANK[row.kind]} dims"
+    else:  # the voxel coordinates beside a point modality's features
+        ok_dtype, ok_shape, want = dtype == np.uint8, len(shape) == 2 and shape[1] == 3, "uint8 [points, 3]"
+    if not (ok_dtype and ok_shape):
+        raise H5Error(f"{where}: {key} arrays are {dtype} {list(shape)} per video, expected {want}")
+
+
+def open_source(path: str | Path, key: str | None, *, ids_key: str = IDS, array_key: str | None = None) -> H5Source:
+    """Open one .h5 file, detect its layout and validate it as store key `key` (None: its attrs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise H5Error(f"no such file: {path} (import.path)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise H5Error(f"{path}: not a readable HDF5 file ({exc})") from None
+    try:
+        key = key or f.attrs.get("modality")
+        if not key:
+            raise H5Error(f"{path}: no `modality` attr; say which store key it holds with import.modality=<name>")
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        owner(key)
+        layout = _layout(f, ids_key)
+        array, raw, where, shape, dtype = (_stacked_layout(path, f, ids_key, array_key) if layout == "stacked"
+                                           else _per_video_layout(path, f))
+        check_array(key, shape, np.dtype(dtype), str(path))
+        rows, renamed = _safe_rows(path, raw, where)
+    except BaseException:
+        f.close()
+        raise
+    return H5Source(path, f, key, layout, rows, shape, np.dtype(dtype), array, renamed)
+
+
+# --------------------------------------------------------------------------- import: several files, one store
+
+
+def check_sources(sources: list[H5Source]) -> None:
+    """Keys once each; a modality's keys together, on the same videos and points; frame keys share F."""
+    keys = [s.key for s in sources]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise H5Error(f"store keys {dupes} come from more than one file; import each once")
+    by_key = {s.key: s for s in sources}
+    for key in keys:
+        row = owner(key)
+        lacking = [k for k in row.store_keys if k not in by_key]
+        if lacking:
+            raise H5Error(f"{row.name} needs {lacking} too (the trainer reads all of {list(row.store_keys)}); "
+                          f"add its file to import.path (make export writes it with export.modality=all)")
+        first = by_key[row.store_keys[0]]
+        if set(first.rows) != set(by_key[key].rows) or first.shape[0] != by_key[key].shape[0]:
+            raise H5Error(f"{first.path} and {by_key[key].path}: {row.name}'s keys must cover the same videos "
+                          f"with the same number of points")
+    frames = {s.key: s.shape[0] for s in sources if owner(s.key).kind == "frame"}
+    if len(set(frames.values())) > 1:
+        raise H5Error(f"frame modalities must share their stored frames (same frame indices); got {frames}")
+
+
+def resolve_hash(sources: list[H5Source], explicit: str | None, features=None) -> tuple[str, dict, str]:
+    """(config hash, features config for store.json, where the hash came from)."""
+    if explicit:
+        return str(explicit), {}, "import.config_hash"
+    stamped = [s for s in sources if s.attrs.get("config_hash")]
+    found = sorted({s.attrs["config_hash"] for s in stamped})
+    if len(found) > 1:
+        raise H5Error(f"the files carry different config hashes {found}: they come from different feature "
+                      f"configs; set import.config_hash=<hash> to import them together anyway")
+    if found:
+        feats = json.loads(stamped[0].attrs.get("features") or "{}")
+        return found[0], feats, f"the config_hash attr of {stamped[0].path.name}"
+    if features is None:
+        raise H5Error("the files carry no config hash; set import.config_hash=<hash> (the trainer refuses a store "
+                      "whose hash differs from its features config)")
+    return features_hash(features), hashed_view(features), "the features config (what `make train` with it expects)"
+
+
+def check_target(root: Path, overwrite: bool) -> None:
+    """Only a new store is written; an existing store is replaced only with import.overwrite=true."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not (root / STORE_META).exists():
+        raise H5Error(f"{root} exists and is not a feature store; choose another out= or dataset name")
+    if not overwrite:
+        raise H5Error(f"{root} already holds a feature store; choose another out= or dataset name, or pass "
+                      f"import.overwrite=true to replace it")
+
+
+def _video(vid: str, sources: list[H5Source], n_frames: int) -> dict:
+    """A payload video (core.schema) carrying the imported arrays; a file lacking it is a masked error."""
+    have = [s for s in sources if vid in s]
+    return {"video_id": vid, "features": {s.key: s.read(vid) for s in have},
+            "errors": [{"stage": "import", "reason": f"{s.key} not in {s.path.name}"} for s in sources if vid not in s],
+            "frame_indices": np.full(n_frames, -1, np.int64), "timestamps": np.full(n_frames, np.nan),
+            "model_meta": {s.key: {"imported_from": str(s.path)} for s in have}}
+
+
+def write_store(tmp: Path, final: Path, sources: list[H5Source], *, dataset: str, split: str, shard_size: int,
+                config_hash: str, features: dict, compression: str) -> dict:
+    """Shards (sorted ids, `shard_size` each) of every video any file holds, report and failures."""
+    init_store(tmp, dataset=dataset, config_hash=config_hash, features=features)
+    ids = sorted(set().union(*(s.rows for s in sources)))
+    shards = build_manifest(DatasetIndex(dataset, [VideoEntry(v, "", split) for v in ids], {}), shard_size)
+    n_frames = next((s.shape[0] for s in sources if owner(s.key).kind == "frame"), 1)
+    markers = {}
+    with tqdm(total=len(ids), desc=f"import {dataset}", unit="video", dynamic_ncols=True) as bar:
+        for spec, _ in shards:
+            videos = [_video(v, sources, n_frames) for v in spec.video_ids]
+            markers[spec.relpath()] = write_shard(tmp, spec, videos, config_hash=config_hash, compression=compression)
+            bar.update(len(videos))
+    failures = write_failures(tmp, markers.values())
+    run = {"imported_from": {s.key: str(s.path) for s in sources}}
+    report = build_report(dataset=dataset, root=final, config_hash=config_hash, shards=shards, markers=markers,
+                          failures=failures, run=run)
+    write_json_atomic(tmp / "report.json", report, newline=True)
+    return report
+
+
+def import_h5(paths, *, root: str | Path, dataset: str, modalities=None, split: str = "train",
+              shard_size: int = 8, config_hash: str | None = None, features: dict | None = None,
+              overwrite: bool = False, compression: str = "auto", ids_key: str = IDS,
+              array_key: str | None = None) -> dict:
+    """Import .h5 files (one store key each, either layout) into a new store at `root`.
+
+    `modalities` names each file's store key (None: each file's `modality` attr). The store is
+    built in a temporary folder beside `root` and renamed into place once complete.
+    """
+    root = Path(root)
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    keys = modalities if isinstance(modalities, list) else [modalities] * len(paths)
+    if not paths or len(keys) != len(paths):
+        raise H5Error(f"import.modality names {len(keys)} keys for {len(paths)} files in import.path")
+    if split not in SPLITS or int(shard_size) < 1:
+        raise H5Error(f"import.split={split!r} / import.shard_size={shard_size}: a split of {list(SPLITS)}, size >= 1")
+    check_target(root, overwrite)
+    with ExitStack() as stack:
+        sources = []
+        for p, k in zip(paths, keys):
+            sources.append(open_source(p, k, ids_key=ids_key, array_key=array_key))
+            stack.callback(sources[-1].file.close)
+        check_sources(sources)
+        config_hash, features, hash_from = resolve_hash(sources, config_hash, features)
+        tmp = root.parent / f"{TMP_PREFIX}{root.name}.{uuid.uuid4().hex[:8]}"
+        old = tmp.with_name(tmp.name + ".old")
+        try:
+            report = write_store(tmp, root, sources, dataset=dataset, split=split, shard_size=int(shard_size),
+                                 config_hash=config_hash, features=features, compression=compression)
+            if root.exists():  # checked above: empty, or a store we may replace
+                root.rename(old)
+            tmp.rename(root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # only once the new store is in place
+    renamed = {raw: vid for s in sources for raw, vid in s.renamed.items()}
+    return {"store": str(root), "config_hash": config_hash, "hash_from": hash_from, "videos": report["videos_ok"],
+            "shards": report["shards_total"], "modalities": report["modalities"],
+            "layouts": {s.key: s.layout for s in sources},
+            "renamed_ids": len(renamed), "renamed_example": next(iter(renamed.items()), None),
+            "failures": str(root / FAILURES)}

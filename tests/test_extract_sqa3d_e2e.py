@@ -1,0 +1,85 @@
+"""SQA3D with 3D-LLM's scene features, end to end through the real CLI and a real local Ray (slow):
+a tiny SQA3D-shaped dataset made here, scene files for all scenes but one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from core.features import config_hash
+from core.store import FeatureStore
+from extractors.pointcloud import sample_voxels, video_seed
+from media import write_video
+from test_extract_e2e import COMMON, ROOT, run_extract
+
+pytestmark = pytest.mark.slow
+SPLITS = {"train": ["scene0000_00", "scene0001_00"], "val": ["scene0002_00"], "test": ["scene0003_00"]}
+NO_PT = "scene0003_00"
+POINTS = {"scene0000_00": 300, "scene0001_00": 40, "scene0002_00": 100}  # 40 < P: drawn with replacement
+P = 64
+SWAP = ["dataset=sqa3d", "features=tiny", "extractor@features.extractors.pointcloud=pointcloud_3dllm",
+        "features.modalities=[rgb,pointcloud]", f"features.extractors.pointcloud.num_points={P}"]
+
+
+def compose_app(app: str, *overrides: str):
+    """The app's config with the features overrides the extraction run gets (run_extract's too)."""
+    features = [o for o in COMMON if o.startswith("features.")]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=app, overrides=[*SWAP, *features, *overrides])
+
+
+def make_sqa3d(root, dim: int) -> None:
+    """ScanQA_format/SQA_{split}.json, Video/<scene>.mp4 and 3D-LLM files for all but NO_PT."""
+    (root / "ScanQA_format").mkdir(parents=True)
+    (root / "Video").mkdir()
+    qid = 0
+    for split, scenes in SPLITS.items():
+        rows = []
+        for scene in scenes:
+            write_video(root / "Video" / f"{scene}.mp4", frames=12, audio=False)
+            for question in ("What is on my left?", "Is the door open?"):
+                qid += 1
+                rows.append({"answers": ["chair"], "object_ids": [], "object_names": [], "question": question,
+                             "situation": "I am sitting on the bed.", "question_id": 220602000000 + qid,
+                             "scene_id": scene, "position": [0.1, 0.2, 0.0, 0.0, 0.0, 0.7, 0.7]})
+        (root / "ScanQA_format" / f"SQA_{split}.json").write_text(json.dumps(rows))
+    feats_dir, voxels_dir = (root / f"voxelized_{kind}_sam_nonzero_preprocess" for kind in ("features", "voxels"))
+    feats_dir.mkdir()
+    voxels_dir.mkdir()
+    for i, (scene, n) in enumerate(POINTS.items()):
+        rng = np.random.default_rng(i)
+        torch.save(torch.from_numpy(rng.standard_normal((n, dim)).astype(np.float32)), feats_dir / f"{scene}.pt")
+        np.save(voxels_dir / f"{scene}.npy", rng.integers(40, 640, (n, 3)))  # past 255: shifted and scaled
+
+
+def test_sqa3d_point_clouds_come_from_3dllm_files_and_fall_back_without_them(tmp_path):
+    data = tmp_path / "sqa3d"
+    dim = int(compose_app("extract").features.extractors.encoder.dim)  # the tiny encoder's width
+    make_sqa3d(data, dim)
+    run_extract(*SWAP, f"dataset.root={data}", f"out={tmp_path / 'out'}", "store.shard_size=2")
+    root = tmp_path / "out" / "sqa3d"
+    report = json.loads((root / "report.json").read_text())
+    assert report["videos_ok"] == 4 and report["videos_failed"] == 0
+    for key, shape in (("pointcloud", [P, dim]), ("pointcloud_xyz", [P, 3])):
+        assert report["modalities"][key]["videos"] == 4 and report["modalities"][key]["shape"] == shape
+    assert (root / "failures.jsonl").read_text() == ""
+
+    # the trainer's composition of the same features node opens the store (same hash)
+    fs = FeatureStore(root, expected_config_hash=config_hash(compose_app("train", f"dataset.root={data}").features))
+    for scene, n in POINTS.items():
+        feats = torch.load(data / "voxelized_features_sam_nonzero_preprocess" / f"{scene}.pt", weights_only=True)
+        coords = np.load(data / "voxelized_voxels_sam_nonzero_preprocess" / f"{scene}.npy")
+        rows = sample_voxels(n, P, np.random.default_rng(video_seed(scene, 0)))
+        assert np.array_equal(fs.get(scene, "pointcloud"), feats.numpy()[rows].astype(np.float16)), scene
+        low, extent = coords.min(axis=0), (coords.max(axis=0) - coords.min(axis=0)).max()
+        want = np.floor((coords[rows] - low) * 255 / extent + 0.5).astype(np.uint8)
+        assert np.array_equal(fs.get(scene, "pointcloud_xyz"), want), scene
+        meta = fs.meta(scene)["model_meta"]["pointcloud"]
+        assert meta["source"] == "3d-llm" and meta["points_in_scene"] == n and meta["points_sampled"] == P
+    fallback = fs.meta(NO_PT)["model_meta"]["pointcloud"]
+    assert fallback["source"] == "depth+rgb-tokens" and f"{NO_PT}.pt does not exist" in fallback["scene_features"]
+    assert fs.get(NO_PT, "pointcloud").shape == (P, dim) and fs.get(NO_PT, "pointcloud_xyz").max() == 255
