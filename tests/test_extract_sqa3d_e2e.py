@@ -4,6 +4,8 @@ a tiny SQA3D-shaped dataset made here, scene files for all scenes but one."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from media import write_video
 from test_extract_e2e import COMMON, ROOT, run_extract
 
 pytestmark = pytest.mark.slow
+COMMON_FEATURES = [o for o in COMMON if o.startswith("features.")]  # what run_extract adds, for train.py
 SPLITS = {"train": ["scene0000_00", "scene0001_00"], "val": ["scene0002_00"], "test": ["scene0003_00"]}
 NO_PT = "scene0003_00"
 POINTS = {"scene0000_00": 300, "scene0001_00": 40, "scene0002_00": 100}  # 40 < P: drawn with replacement
@@ -83,3 +86,30 @@ def test_sqa3d_point_clouds_come_from_3dllm_files_and_fall_back_without_them(tmp
     fallback = fs.meta(NO_PT)["model_meta"]["pointcloud"]
     assert fallback["source"] == "depth+rgb-tokens" and f"{NO_PT}.pt does not exist" in fallback["scene_features"]
     assert fs.get(NO_PT, "pointcloud").shape == (P, dim) and fs.get(NO_PT, "pointcloud_xyz").max() == 255
+
+    # a few training steps on it: an MMQA for the 3D modality, fed the imported features
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), *SWAP, *COMMON_FEATURES,
+                           f"dataset.root={data}", f"out={tmp_path / 'out'}", "dataset.modalities=[rgb,pointcloud]",
+                           f"run_dir={run}", "trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=2",
+                           "trainer.data.num_workers=0"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert next(r for r in rows if r["event"] == "setup")["params"]["pointcloud"] > 0
+    assert all(set(r["loss"]) == {"rgb", "pointcloud"} for r in rows if r["event"] == "step")
+
+
+def test_3dllm_features_keep_their_1408_width(tmp_path):
+    """3D-LLM's features are 1408 wide (BLIP-2's ViT-g): stored at that width whatever the tiny
+    encoder's; without a fallback, the scene without a .pt lists a missing point cloud."""
+    data = tmp_path / "sqa3d"
+    make_sqa3d(data, 1408)
+    run_extract(*SWAP, f"dataset.root={data}", f"out={tmp_path / 'out'}", "store.shard_size=4",
+                "features.extractors.pointcloud.feature_dim=1408",
+                "features.extractors.pointcloud.scene_features.fallback=none")
+    root = tmp_path / "out" / "sqa3d"
+    report = json.loads((root / "report.json").read_text())
+    assert report["videos_ok"] == 4 and report["modalities"]["pointcloud"] == {"videos": 3, "shape": [P, 1408],
+                                                                               "dtype": "float16"}
+    rows = [json.loads(line) for line in (root / "failures.jsonl").read_text().splitlines()]
+    assert [(r["video_id"], r["stage"], r["fatal"]) for r in rows] == [(NO_PT, "pointcloud", False)]
