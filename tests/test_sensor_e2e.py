@@ -69,3 +69,26 @@ def test_touch_stream_is_extracted_and_trained(touchqa, tmp_path):
     assert setup["modalities"] == ["rgb", "touch"] and setup["params"]["touch"] > 0
     steps = [r for r in rows if r["event"] == "step"]
     assert steps and all(set(r["loss"]) == {"rgb", "touch"} for r in steps)  # one pass (and MMQA) per modality
+
+
+def test_thermal_stream_of_another_size_and_a_window_without_end(tmp_path):
+    """Thermal-QA: the thermal camera has its own (smaller) frame size, and a row may omit `end`."""
+    root = tmp_path / "thermalqa"
+    for k, recording in enumerate(("20230301_101010", "20230302_111111")):
+        (root / recording).mkdir(parents=True)
+        write_video(root / recording / "RGBD_RGB.mp4", frames=30, fps=15, size=(64, 48), step=2 + k)
+        write_video(root / recording / "RGBT_T.mp4", frames=30, fps=15, size=(48, 36), step=1 + k, audio=False)
+    train = [row("20230301_101010", 1, 0, 15, 0), {**row("20230301_101010", 2, 15, 0, 1)}]
+    del train[1]["end"]  # to the end of the recording
+    val = [row("20230302_111111", 3, 0, 30, 2)]
+    (root / "thermalqa_train.json").write_text(json.dumps(train))
+    (root / "thermalqa_val.json").write_text(json.dumps(val))
+    out = tmp_path / "features"
+    run("extract.py", "dataset=thermalqa", f"dataset.root={root}", "dataset.modalities=[rgb,thermal]", "features=tiny",
+        f"out={out}", "dataset.val_from_train=null", f"dataset.annotations.val={root / 'thermalqa_val.json'}",
+        "features.decode.num_frames_stored=4", "ray.num_cpus=2")
+    report = json.loads((out / "thermalqa" / "report.json").read_text())
+    assert report["videos_ok"] == 3 and report["modalities"]["thermal"]["videos"] == 3
+    assert report["modalities"]["thermal"]["shape"] == report["modalities"]["rgb"]["shape"]
+    indices = FeatureStore(out / "thermalqa").meta("20230301_101010_q2")["frame_indices"]
+    assert indices.min() >= 15 and indices.max() >= 25  # from start to the end of the recording
