@@ -19,8 +19,17 @@ import numpy as np
 
 from core.hub import ModelUnavailableError
 from core.store import ShardSpec
-from pipeline.decode import DecodeConfig, DecodeError, decode_stream, decode_video
+from pipeline.decode import DecodeConfig, DecodeError
+from pipeline.sandbox import Sandbox, resolve
 from pipeline.store import write_shard
+
+
+DEFAULT_DECODER = "pipeline.decode:decode_video"
+STREAM_DECODER = "pipeline.decode:decode_stream"
+DEFAULT_TIMEOUT_S = 300.0   # per video; features.decode.resources.timeout_s
+# Finite retries for every actor pool (Ray Data's default is -1: forever): a lost node or a
+# crashed actor is retried this often, then the error stops the run instead of stalling it.
+DEFAULT_RETRIES = 3
 
 
 def _dump(payload: dict) -> bytes:
@@ -58,15 +67,27 @@ class DecodeStage:
 
     def __init__(self, decode_cfg: dict):
         self.cfg = DecodeConfig.from_cfg(decode_cfg)
+        # `decoder` (a function path; the default, or a test's fault injector) is part of the
+        # features hash when set; isolation and the time limit are runtime knobs (`resources`).
+        self.decoder = decode_cfg.get("decoder") or DEFAULT_DECODER
+        res = decode_cfg.get("resources") or {}
+        timeout = res.get("timeout_s", DEFAULT_TIMEOUT_S)
+        self.sandbox = Sandbox(float(timeout) if timeout else None) if res.get("isolate", True) else None
+
+    def _call(self, function: str, *args):
+        """A decoder call: in the sandbox child (a crash or a hang costs this video only), or here."""
+        if self.sandbox is not None:
+            return self.sandbox.call(function, *args)
+        return resolve(function)(*args)
 
     def run(self, payload: dict) -> dict:
         for video in payload["videos"]:
             payload["decoded"] = payload.get("decoded", 0) + 1  # the report checks: once per video per run
             try:
-                video.update(decode_video(video["path"], self.cfg, video["start"], video["end"]))
+                video.update(self._call(self.decoder, video["path"], self.cfg, video["start"], video["end"]))
             except DecodeError as exc:
                 video["failed"] = {"stage": "decode", "reason": str(exc)}
-            except Exception as exc:  # a decoder crash is a per-video failure, not a run failure
+            except Exception as exc:  # a decoder crash or hang is a per-video failure, not a run failure
                 video["failed"] = {"stage": "decode", "reason": _reason(exc)}
             if not video["failed"]:
                 self._streams(video)
@@ -80,7 +101,7 @@ class DecodeStage:
             try:
                 if not path:
                     raise DecodeError(f"the dataset names no {m} video for this clip")
-                video["images"][m] = decode_stream(path, video["timestamps"], self.cfg.max_side)
+                video["images"][m] = self._call(STREAM_DECODER, path, video["timestamps"], self.cfg.max_side)
             except Exception as exc:
                 video["errors"].append({"stage": "decode", "reason": f"{m} stream: {_reason(exc)}"})
 
@@ -184,7 +205,9 @@ def _resources(cfg: dict | None) -> dict:
     from ray.data import ActorPoolStrategy
 
     res = dict(cfg or {})
-    out = {"num_cpus": float(res.get("num_cpus", 1)), "compute": ActorPoolStrategy(size=int(res.get("concurrency", 1)))}
+    out = {"num_cpus": float(res.get("num_cpus", 1)), "compute": ActorPoolStrategy(size=int(res.get("concurrency", 1))),
+           "max_restarts": int(res.get("max_restarts", DEFAULT_RETRIES)),
+           "max_task_retries": int(res.get("max_task_retries", DEFAULT_RETRIES))}
     if res.get("num_gpus"):
         out["num_gpus"] = float(res["num_gpus"])
     return out

@@ -1,0 +1,43 @@
+"""Poison videos through the real CLI and a real local Ray: a video that segfaults its decoder and
+one that hangs it, among good ones (the fault is injected through the config: tests/faults.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.store import FeatureStore
+from media import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_a_segfaulting_and_a_hanging_video_cost_only_themselves(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "good_a.mp4")
+    write_video(folder / "good_b.mp4", step=3)
+    shutil.copy(folder / "good_a.mp4", folder / "poison_segfault.mp4")
+    shutil.copy(folder / "good_b.mp4", folder / "poison_hang.mp4")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/extract.py"), "dataset=videos", f"dataset.path={folder}",
+         f"out={tmp_path / 'out'}", "ray.num_cpus=2", "features.modalities=[rgb]", "features.decode.num_frames_stored=4",
+         "+features.decode.decoder=faults:faulty_decode", "features.decode.resources.timeout_s=15",
+         "max_failed_fraction=0.5", "store.shard_size=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "out" / "videos"
+    rows = {r["video_id"]: r for r in map(json.loads, (root / "failures.jsonl").read_text().splitlines())}
+    assert set(rows) == {"poison_segfault.mp4", "poison_hang.mp4"}
+    assert rows["poison_segfault.mp4"]["stage"] == "decode" and "SIGSEGV" in rows["poison_segfault.mp4"]["reason"]
+    assert rows["poison_hang.mp4"]["stage"] == "decode" and "time limit" in rows["poison_hang.mp4"]["reason"]
+    assert all(r["fatal"] for r in rows.values())
+    assert FeatureStore(root).video_ids == ["good_a.mp4", "good_b.mp4"]  # every good video extracted
