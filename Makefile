@@ -17,7 +17,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval params export import test test-fast bench preview submit clean
+.PHONY: help setup data extract train eval params export import verify test test-fast bench preview submit clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -48,6 +48,9 @@ export: $(STAMP)  ## a store's features -> HDF5 (per_video | stacked): make expo
 
 import: $(STAMP)  ## HDF5 features -> a new store: make import FORMAT=h5 OUT=/tmp/imported ARGS="import.path=<file.h5>"
 	$(PY) scripts/import_features.py format=$(FORMAT) $(HYDRA_COMMON) $(ARGS)
+
+verify: $(STAMP)  ## check every shard of a store against its marker's checksums: make verify DATASET=demo [OUT=...]
+	$(PY) scripts/verify.py $(HYDRA_DATASET) out=$(OUT) $(ARGS)
 
 preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)

@@ -20,6 +20,7 @@ video ids, and every array it lists exists with the listed shape; readers see va
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,11 +81,37 @@ def shard_is_valid(shard_dir: Path, *, config_hash: str, video_ids: Iterable[str
     return True
 
 
-def collect_markers(root: Path, *, config_hash: str) -> dict[str, dict]:
-    """Markers of every valid shard under ``root``, keyed by relative shard path."""
+def array_digest(arr: np.ndarray) -> str:
+    """The checksum a marker records for an array (sha256 of its C-order bytes, 32 hex digits)."""
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:32]
+
+
+def verify_shard(shard_dir: Path) -> list[str]:
+    """What is wrong with a shard's data against its marker's checksums ([] when every array
+    reads back with the recorded shape, dtype and sha256). Reads the whole shard."""
+    marker = read_marker(shard_dir)
+    if marker is None:
+        return [f"no readable {MARKER}"]
+    problems = []
+    for key, info in sorted(marker.get("arrays", {}).items()):
+        try:
+            data = np.asarray(zarr.open_array(str(Path(shard_dir) / key), mode="r")[...])
+        except Exception as exc:  # a flipped byte in compressed data usually breaks decoding
+            problems.append(f"{key}: unreadable ({type(exc).__name__}: {str(exc)[:120]})")
+            continue
+        if list(data.shape) != list(info["shape"]) or str(data.dtype) != info["dtype"]:
+            problems.append(f"{key}: {data.dtype} {list(data.shape)}, the marker says {info['dtype']} {info['shape']}")
+        elif "sha256" in info and array_digest(data) != info["sha256"]:
+            problems.append(f"{key}: checksum {array_digest(data)} != {info['sha256']} in the marker")
+    return problems
+
+
+def collect_markers(root: Path, *, config_hash: str, verify: bool = False) -> dict[str, dict]:
+    """Markers of every valid shard under ``root``, keyed by relative shard path; with `verify`,
+    a shard whose data does not match its marker's checksums is left out (read in full)."""
     out = {}
     for shard_dir in sorted(Path(root).glob("*/*.zarr")):
-        if shard_is_valid(shard_dir, config_hash=config_hash):
+        if shard_is_valid(shard_dir, config_hash=config_hash) and not (verify and verify_shard(shard_dir)):
             out[f"{shard_dir.parent.name}/{shard_dir.name}"] = read_marker(shard_dir)
     return out
 
@@ -96,7 +123,7 @@ class FeatureStore:
     >>> fs.get("demo_0003", "rgb").shape      # (F_stored, tokens, dim) float16
     """
 
-    def __init__(self, root: str | Path, expected_config_hash: str | None = None):
+    def __init__(self, root: str | Path, expected_config_hash: str | None = None, *, verify: bool = False):
         self.root = Path(root)
         meta_path = self.root / STORE_META
         if not meta_path.exists():
@@ -116,7 +143,8 @@ class FeatureStore:
         self._present: dict[str, dict[str, bool]] = {}
         self._meta: dict[str, dict] = {}
         self.modalities: dict[str, dict] = {}
-        for rel, marker in collect_markers(self.root, config_hash=self.config_hash).items():
+        # verify: check every shard's data against its marker's checksums first (reads the store once)
+        for rel, marker in collect_markers(self.root, config_hash=self.config_hash, verify=verify).items():
             shard_dir = self.root / rel
             for row, vid in enumerate(marker["ok"]):
                 self._index[vid] = (shard_dir, row)

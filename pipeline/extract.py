@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from core.features import config_hash, hashed_view, resolve_features
 from core.hub import ModelUnavailableError
-from core.store import collect_markers, shard_is_valid
+from core.store import collect_markers, shard_is_valid, verify_shard
 from core.util import find_error, to_plain
 from pipeline.manifest import build_manifest
 from pipeline.report import build_report, summary, write_report
@@ -105,6 +105,17 @@ def _drop_foreign_shards(root: Path, wanted: set[str]) -> list[str]:
     return dropped
 
 
+def _done(shard_dir: Path, chash: str, video_ids, verify: bool) -> bool:
+    """A shard to skip: its marker validates and, with store.verify, its data matches the
+    marker's checksums (a corrupt shard is logged and written again)."""
+    if not shard_is_valid(shard_dir, config_hash=chash, video_ids=video_ids):
+        return False
+    problems = verify_shard(shard_dir) if verify else []
+    if problems:
+        log.warning("%s is corrupt (%s): extracting it again", shard_dir, "; ".join(problems[:3]))
+    return not problems
+
+
 def _translated(rows):
     """Iterate the graph's output, turning a user-fixable failure inside Ray into an ExtractError."""
     try:
@@ -134,7 +145,8 @@ def run_extract(cfg) -> dict:
                overwrite=bool(store_cfg.get("overwrite", False)))
     cleaned = remove_stale_temporaries(root)
     dropped = _drop_foreign_shards(root, {spec.relpath() for spec, _ in shards})
-    todo = [(s, e) for s, e in shards if not shard_is_valid(root / s.relpath(), config_hash=chash, video_ids=s.video_ids)]
+    verify = bool(store_cfg.get("verify", False))
+    todo = [(s, e) for s, e in shards if not _done(root / s.relpath(), chash, s.video_ids, verify)]
     log.info("%s: %d videos in %d shards; %d shards already valid, %d to do (removed %d leftovers, %d stale shards)",
              index.name, len(index.videos), len(shards), len(shards) - len(todo), len(todo), cleaned, len(dropped))
     stage_seconds: dict[str, float] = {}

@@ -8,8 +8,8 @@ next run deletes.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
 import time
 import uuid
@@ -20,12 +20,23 @@ import numpy as np
 import zarr
 
 from core.modalities import STORE_KEYS
-from core.store import FAILURES, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError
+from core.store import FAILURES, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest
 from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
 
 
-def _array_digest(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:32]
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and directory under `folder` to disk: a node crash after the rename must
+    not leave a marker that vouches for data still in the page cache."""
+    for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
+        _fsync(path)
 
 
 # --------------------------------------------------------------------------- store level
@@ -132,7 +143,7 @@ def write_shard(
 
     def put(name: str, data: np.ndarray) -> None:
         _create(group, name, data, compression)
-        arrays[name] = {"shape": list(data.shape), "dtype": str(data.dtype), "sha256": _array_digest(data)}
+        arrays[name] = {"shape": list(data.shape), "dtype": str(data.dtype), "sha256": array_digest(data)}
 
     if ok:
         for key in STORE_KEYS:
@@ -162,10 +173,12 @@ def write_shard(
         "errors": errors, "present": present, "arrays": arrays, "timings": timings or {},
         "written_at": time.time(),
     }
+    _fsync_tree(tmp)  # the data is on disk before the marker that vouches for it
     write_json_atomic(tmp / MARKER, marker)
     if final.exists():  # an invalid leftover (the caller only rewrites shards that fail validation)
         shutil.rmtree(final)
     tmp.rename(final)
+    _fsync(final.parent)  # the rename itself
     return marker
 
 

@@ -175,3 +175,23 @@ def test_tiny_unimatch_runs_in_the_pipeline(tmp_path):
         assert fs.has(vid, "flow") and np.isfinite(fs.get(vid, "flow")).all()
         meta = fs.meta(vid)["model_meta"]["flow"]
         assert meta["arch"] == "unimatch_sc2_ref6" and meta["model_id"] == "random-init:unimatch_sc2_ref6"
+
+
+def test_a_corrupt_shard_is_found_and_extracted_again(tmp_path):
+    from test_store import _flip_a_byte
+
+    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
+            "features.modalities=[rgb]", "store.shard_size=1"]
+    run_extract(*data)
+    root = tmp_path / "o" / "demo"
+    clean = store_snapshot(root)
+    _flip_a_byte(root / "val" / "val-00000.zarr", "rgb")
+    verify = [sys.executable, str(ROOT / "scripts/verify.py"), "dataset=demo", f"store={root}"]
+    found = subprocess.run(verify, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert found.returncode == 1 and "CORRUPT val/val-00000.zarr" in found.stdout
+    assert json.loads((root / "report.json").read_text())["shards_done"] == 3  # markers alone: all "valid"
+    run_extract(*data, "store.verify=true")
+    report = json.loads((root / "report.json").read_text())
+    assert report["run"]["shards_written"] == 1 and report["run"]["shards_skipped"] == 2
+    assert store_snapshot(root) == clean
+    assert subprocess.run(verify, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0

@@ -1,12 +1,17 @@
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.store import (MARKER, FeatureStore, ShardSpec, StoreError, StoreMismatchError, collect_markers,
-                        read_marker, shard_is_valid)
+                        read_marker, shard_is_valid, verify_shard)
 from pipeline.store import init_store, remove_stale_temporaries, write_failures, write_shard
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def video(vid, *, audio=True, failed=None, seed=0):
@@ -130,3 +135,34 @@ def test_payload_must_match_manifest(tmp_path):
     with pytest.raises(ValueError, match="do not match the manifest"):
         write_shard(root, ShardSpec("train-00000", "train", ("x",)), [video("y")], config_hash="h")
     shutil.rmtree(root)
+
+
+def _flip_a_byte(shard_dir, key: str) -> None:
+    """One byte of an array's chunk data on disk, as a failing disk or a bad copy would."""
+    chunk = max((p for p in (shard_dir / key).rglob("*") if p.is_file() and p.name != "zarr.json"),
+                key=lambda p: p.stat().st_size)
+    blob = bytearray(chunk.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("compression", ["auto", "none"])
+def test_verify_finds_a_flipped_byte_and_the_verifying_reader_hides_the_shard(tmp_path, compression):
+    root = tmp_path / "demo"
+    init_store(root, dataset="demo", config_hash="h1", features={"k": 1})
+    write_shard(root, ShardSpec("train-00000", "train", ("a",)), [video("a", seed=1)], config_hash="h1",
+                compression=compression)
+    write_shard(root, ShardSpec("train-00001", "train", ("b",)), [video("b", seed=2)], config_hash="h1",
+                compression=compression)
+    good, bad = root / "train" / "train-00000.zarr", root / "train" / "train-00001.zarr"
+    assert verify_shard(good) == verify_shard(bad) == []
+    _flip_a_byte(bad, "rgb")
+    problems = verify_shard(bad)
+    assert len(problems) == 1 and problems[0].startswith("rgb: ")  # a checksum or a decode error
+    assert verify_shard(good) == []
+    assert FeatureStore(root).video_ids == ["a", "b"]  # the marker alone still vouches for it
+    assert FeatureStore(root, verify=True).video_ids == ["a"]
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify.py"), "dataset=demo",
+                           f"store={root}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "CORRUPT train/train-00001.zarr: rgb:" in proc.stdout
+    assert "1/2 shards verify" in proc.stdout
