@@ -16,17 +16,13 @@ from core.modalities import BASE, FRAME, MODALITIES, NAMES
 from core.util import to_plain
 
 # Keys whose values never change what is computed (actor counts, CPUs/GPUs, batch sizes,
-# device placement). Everything else in the `features` node is part of the hash.
+# device placement, where weights and input files lie on this machine). Everything else in the `features` node is part of the hash.
 RUNTIME_KEYS = frozenset({"resources"})
-# Where input files live (3D-LLM's scene-feature folders, from dataset.root): a machine's paths,
-# not what is computed, so a store extracted on a cluster matches a laptop's config (like
-# resources.local_path). Which source is used (the `scene_features` node itself) is hashed.
-LOCATION_KEYS = frozenset({"features_dir", "voxels_dir"})
 
 
 def _strip_runtime(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _strip_runtime(v) for k, v in sorted(node.items()) if k not in RUNTIME_KEYS | LOCATION_KEYS}
+        return {k: _strip_runtime(v) for k, v in sorted(node.items()) if k not in RUNTIME_KEYS}
     if isinstance(node, list):
         return [_strip_runtime(v) for v in node]
     return node

@@ -16,12 +16,9 @@ driver intact (core.util.find_error finds it inside Ray's wrappers).
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 class ModelUnavailableError(RuntimeError):

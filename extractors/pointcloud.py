@@ -131,7 +131,8 @@ class PointCloudExtractor:
         self.meta = {"model_id": "open3d:backproject+voxel", "revision": None, "resolved_revision": None,
                      "source": "depth+rgb-tokens", "fov_deg": float(cfg.fov_deg), "voxel_size": float(cfg.voxel_size),
                      "num_points": int(cfg.num_points), "frames": cfg.frames}
-        self.scenes = scene_features.SceneSource.from_cfg(cfg.get("scene_features"), int(cfg.feature_dim))
+        self.scenes = scene_features.SceneSource.from_cfg(cfg.get("scene_features"), int(cfg.feature_dim),
+                                                          cfg.get("resources"))
 
     @classmethod
     def spec_for(cls, cfg) -> dict:

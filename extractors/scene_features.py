@@ -103,8 +103,9 @@ class SceneSource:
     fallback: str
 
     @classmethod
-    def from_cfg(cls, node, dim: int) -> "SceneSource | None":
-        """The stage's `scene_features` node (None: the stage lifts depth, as without it)."""
+    def from_cfg(cls, node, dim: int, resources=None) -> "SceneSource | None":
+        """The stage's `scene_features` node (None: the stage lifts depth, as without it); the
+        folders come from the stage's `resources` (machine paths, like local_path: not hashed)."""
         if not node:
             return None
         if node.get("id_from", "video_id") not in ID_FROM:
@@ -112,14 +113,14 @@ class SceneSource:
         if node.get("fallback", "depth") not in FALLBACKS:
             raise ValueError(f"pointcloud.scene_features.fallback must be one of {FALLBACKS}, "
                              f"got {node.get('fallback')!r}")
-        dirs = {}
+        dirs, resources = {}, resources or {}
         for key in ("features_dir", "voxels_dir"):
-            if not node.get(key) or not Path(node[key]).is_dir():
+            if not resources.get(key) or not Path(resources[key]).is_dir():
                 raise SceneFeaturesUnavailable(
-                    f"3D-LLM scene features: {key} {node.get(key)!r} is not a folder. Put 3D-LLM's "
+                    f"3D-LLM scene features: {key} {resources.get(key)!r} is not a folder. Put 3D-LLM's "
                     f"voxelized_features_sam_nonzero_preprocess/ and voxelized_voxels_sam_nonzero_preprocess/ under "
-                    f"the dataset root (DATA=...) or set features.extractors.pointcloud.scene_features.{key}=<folder>")
-            dirs[key] = Path(node[key])
+                    f"the dataset root (DATA=...) or set features.extractors.pointcloud.resources.{key}=<folder>")
+            dirs[key] = Path(resources[key])
         source = cls(dirs["features_dir"], dirs["voxels_dir"], node.get("id_from", "video_id"),
                      node.get("fallback", "depth"))
         source.check_width(dim)

@@ -120,10 +120,10 @@ def test_3dllm_scene_features_compose_in_both_apps_and_their_folders_stay_out_of
     swap = ["dataset=sqa3d", "extractor@features.extractors.pointcloud=pointcloud_3dllm"]
     extract = make("extract", [*swap, "dataset.root=/cluster/sqa3d"])
     train = make("train", [*swap, "dataset.root=/laptop/sqa3d"])
-    scenes = resolve_features(extract.features)["extractors"]["pointcloud"]["scene_features"]
+    scenes = resolve_features(extract.features)["extractors"]["pointcloud"]["resources"]
     assert scenes["features_dir"] == "/cluster/sqa3d/voxelized_features_sam_nonzero_preprocess"
     assert scenes["voxels_dir"] == "/cluster/sqa3d/voxelized_voxels_sam_nonzero_preprocess"
-    assert resolve_features(train.features)["extractors"]["pointcloud"]["scene_features"]["voxels_dir"] == \
+    assert resolve_features(train.features)["extractors"]["pointcloud"]["resources"]["voxels_dir"] == \
         "/laptop/sqa3d/voxelized_voxels_sam_nonzero_preprocess"
     assert config_hash(extract.features) == config_hash(train.features)
     assert config_hash(extract.features) != config_hash(make("extract", ["dataset=sqa3d"]).features)
@@ -131,4 +131,4 @@ def test_3dllm_scene_features_compose_in_both_apps_and_their_folders_stay_out_of
     assert config_hash(no_fallback.features) != config_hash(extract.features)
     # a dataset without the folders composes too (the stage then asks for them by name)
     demo = resolve_features(make("extract", ["extractor@features.extractors.pointcloud=pointcloud_3dllm"]).features)
-    assert demo["extractors"]["pointcloud"]["scene_features"]["features_dir"] is None
+    assert demo["extractors"]["pointcloud"]["resources"]["features_dir"] is None

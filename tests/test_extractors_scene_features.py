@@ -56,7 +56,7 @@ def scenes(tmp_path):
 def stage_cfg(root: Path, **overrides):
     cfg = extractor_preset("pointcloud_3dllm")
     cfg.num_frames_stored, cfg.feature_dim, cfg.num_points = F, D, P
-    cfg.scene_features.features_dir, cfg.scene_features.voxels_dir = str(root / "feats"), str(root / "voxels")
+    cfg.resources.features_dir, cfg.resources.voxels_dir = str(root / "feats"), str(root / "voxels")
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     return cfg
@@ -199,7 +199,7 @@ def test_a_feature_dim_the_files_do_not_have_stops_the_run(tmp_path):
 
 def test_a_folder_that_does_not_exist_stops_the_run(tmp_path, scenes):
     with pytest.raises(ModelUnavailableError, match="voxels_dir .* is not a folder"):
-        build(tmp_path, **{"scene_features.voxels_dir": str(tmp_path / "nowhere")})
+        build(tmp_path, **{"resources.voxels_dir": str(tmp_path / "nowhere")})
 
 
 def test_the_scene_id_can_come_from_the_video_file_name(tmp_path, scenes):
