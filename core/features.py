@@ -1,6 +1,7 @@
 """The `features` config both apps compose: what the requested modalities need, and its hash.
 
-The extractor stamps the hash into the store; the trainer refuses a store stamped with another.
+The extractor stamps one hash per modality into the store; the trainer refuses a store whose
+hash differs for a modality it reads.
 Which stages run comes from the modality table (core.modalities); the order they run in comes
 from each stage's `needs:` and `provides:` (conf/extractor/*.yaml): a stage runs after every
 stage that provides something it needs.
@@ -33,14 +34,38 @@ def hashed_view(features_cfg: Any) -> dict:
     return _strip_runtime(to_plain(features_cfg))
 
 
-def config_hash(features_cfg: Any) -> str:
-    """A short, stable hash of what determines the stored features.
-
-    Both apps compose the same `features` node (conf/features/*.yaml); the extractor stamps the
-    hash into the store and the trainer refuses a store stamped with another one.
-    """
-    blob = json.dumps(hashed_view(resolve_features(features_cfg)), sort_keys=True, separators=(",", ":"))
+def _digest(view: Any) -> str:
+    blob = json.dumps(view, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def modality_views(features_cfg: Any, modalities=None) -> dict[str, dict]:
+    """Per modality, the hashed part of the config that computes it ALONE: decode, the stages it
+    needs, the encoder told about it only. So a modality's features (and hash) do not depend on
+    which other modalities were extracted with it, and one can be added to a store later."""
+    feats = to_plain(features_cfg)
+    names = list(dict.fromkeys(modalities if modalities is not None else feats["modalities"]))
+    return {m: hashed_view(resolve_features({**feats, "modalities": [m]})) for m in names}
+
+
+def modality_hashes(features_cfg: Any, modalities=None) -> dict[str, str]:
+    """{modality: hash} of what determines that modality's stored features (see modality_views).
+
+    The store keeps one per modality (store.json), each shard's marker the ones it holds; the
+    trainer refuses a store whose hash differs for a modality it reads.
+    """
+    return {m: _digest(view) for m, view in modality_views(features_cfg, modalities).items()}
+
+
+def combined_hash(hashes: dict[str, str]) -> str:
+    """One short name for a set of per-modality hashes (reports, checkpoints, log lines)."""
+    return _digest(sorted(hashes.items()))
+
+
+def config_hash(features_cfg: Any) -> str:
+    """A short, stable hash of what determines the stored features of every requested modality
+    (the combination of their per-modality hashes)."""
+    return combined_hash(modality_hashes(features_cfg))
 
 
 def stage_order(extractors: dict) -> list[str]:

@@ -3,7 +3,10 @@ trainer need, and nothing that writes.
 
 Layout under ``<out>/<dataset>/``::
 
-    store.json                       dataset, config hash and hashed config (written at creation)
+    store.json                       dataset and the registry: per modality its config hash and
+                                     hashed config (a modality added later joins it)
+    shards.jsonl                     the append-only shard manifest: which videos each shard owns
+    LOCK.json                        the writer's lease while an extraction runs (host, pid, heartbeat)
     <split>/<shard_id>.zarr/         one Zarr v3 group per output shard
         <key>                        one array per store key (core.modalities.STORE_KEYS),
                                      [n_videos_ok, *per_video_shape], one chunk per video, all
@@ -14,8 +17,9 @@ Layout under ``<out>/<dataset>/``::
     failures.jsonl                   every failed video or missing modality, rebuilt from markers
     report.json                      the run report (see pipeline.report)
 
-A shard is valid only if its marker parses, carries the store's config hash and the expected
-video ids, and every array it lists exists with the listed shape; readers see valid shards only.
+A shard is valid only if its marker parses, every modality hash it carries equals the store's
+registry entry, it lists the expected video ids, and every array it lists exists with the listed
+shape; readers see valid shards only.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ from typing import Iterable
 import numpy as np
 import zarr
 
+from core.features import combined_hash
 from core.modalities import STORE_KEYS
 
-STORE_FORMAT = "crema-store/1"
+STORE_FORMAT = "crema-store/2"
+OLD_FORMATS = ("crema-store/1",)
 MARKER = "_SUCCESS.json"
 STORE_META = "store.json"
 FAILURES = "failures.jsonl"
+MANIFEST = "shards.jsonl"
+LOCK = "LOCK.json"
 
 
 class StoreError(RuntimeError):
@@ -64,10 +72,36 @@ def read_marker(shard_dir: Path) -> dict | None:
         return None
 
 
-def shard_is_valid(shard_dir: Path, *, config_hash: str, video_ids: Iterable[str] | None = None) -> bool:
-    """True when the shard's marker is present, matches, and every listed array is in place."""
+def read_store_meta(root: Path) -> dict:
+    """store.json of the store at ``root``; StoreError naming what to do when it is missing or
+    was written by an older format."""
+    path = Path(root) / STORE_META
+    if not path.exists():
+        raise StoreError(
+            f"no feature store at {root} ({STORE_META} missing). Run the extractor first, e.g. "
+            f"`make extract DATASET={Path(root).name}`, or point `out=` at the folder that holds it."
+        )
+    meta = json.loads(path.read_text())
+    if meta.get("format") != STORE_FORMAT:
+        raise StoreMismatchError(
+            f"{root} is a {meta.get('format')!r} store; this version reads {STORE_FORMAT!r} (one config hash per "
+            f"modality). Extract it again into another OUT, or pass store.overwrite=true to replace it."
+        )
+    return meta
+
+
+def registry(meta: dict) -> dict[str, str]:
+    """{modality: config hash} of a store's store.json."""
+    return {m: info["hash"] for m, info in meta.get("modalities", {}).items()}
+
+
+def shard_is_valid(shard_dir: Path, *, hashes: dict[str, str], video_ids: Iterable[str] | None = None) -> bool:
+    """True when the shard's marker is present, each modality hash it carries equals ``hashes``
+    (the store's registry), the ids match, and every listed array is in place."""
     marker = read_marker(shard_dir)
-    if marker is None or marker.get("config_hash") != config_hash:
+    if marker is None or not marker.get("hashes"):
+        return False
+    if any(hashes.get(m) != h for m, h in marker["hashes"].items()):
         return False
     if video_ids is not None and list(marker.get("video_ids", [])) != list(video_ids):
         return False
@@ -106,12 +140,12 @@ def verify_shard(shard_dir: Path) -> list[str]:
     return problems
 
 
-def collect_markers(root: Path, *, config_hash: str, verify: bool = False) -> dict[str, dict]:
+def collect_markers(root: Path, *, hashes: dict[str, str], verify: bool = False) -> dict[str, dict]:
     """Markers of every valid shard under ``root``, keyed by relative shard path; with `verify`,
     a shard whose data does not match its marker's checksums is left out (read in full)."""
     out = {}
     for shard_dir in sorted(Path(root).glob("*/*.zarr")):
-        if shard_is_valid(shard_dir, config_hash=config_hash) and not (verify and verify_shard(shard_dir)):
+        if shard_is_valid(shard_dir, hashes=hashes) and not (verify and verify_shard(shard_dir)):
             out[f"{shard_dir.parent.name}/{shard_dir.name}"] = read_marker(shard_dir)
     return out
 
@@ -119,32 +153,34 @@ def collect_markers(root: Path, *, config_hash: str, verify: bool = False) -> di
 class FeatureStore:
     """Read-only view of a store: only shards with a valid marker are visible.
 
-    >>> fs = FeatureStore("outputs/features/demo", expected_config_hash=config_hash(cfg.features))
+    >>> fs = FeatureStore("outputs/features/demo", expected_hashes=modality_hashes(cfg.features, ["rgb"]))
     >>> fs.get("demo_0003", "rgb").shape      # (F_stored, tokens, dim) float16
     """
 
-    def __init__(self, root: str | Path, expected_config_hash: str | None = None, *, verify: bool = False):
+    def __init__(self, root: str | Path, expected_hashes: dict[str, str] | None = None, *, verify: bool = False):
         self.root = Path(root)
-        meta_path = self.root / STORE_META
-        if not meta_path.exists():
-            raise StoreError(
-                f"no feature store at {self.root} ({STORE_META} missing). Run the extractor first, e.g. "
-                f"`make extract DATASET={self.root.name}`, or point `out=` at the folder that holds it."
-            )
-        self.info = json.loads(meta_path.read_text())
-        self.config_hash = self.info["config_hash"]
-        if expected_config_hash is not None and expected_config_hash != self.config_hash:
-            raise StoreMismatchError(
-                f"store {self.root} was written with feature config {self.config_hash}, but this config "
-                f"expects {expected_config_hash}. Use the same `features` preset and overrides as the "
-                f"extraction run, or re-extract into another OUT."
-            )
+        self.info = read_store_meta(self.root)
+        self.hashes = registry(self.info)
+        self.config_hash = combined_hash(self.hashes)
+        for m, want in (expected_hashes or {}).items():
+            have = self.hashes.get(m)
+            if have is None:
+                raise StoreError(
+                    f"store {self.root} has no {m!r} features (it has {sorted(self.hashes)}). Add them with the "
+                    f"same features config: make extract ... ARGS=\"features.modalities=[{','.join([*self.hashes, m])}]\""
+                )
+            if have != want:
+                raise StoreMismatchError(
+                    f"store {self.root} holds {m!r} features made with config {have}, but this config expects "
+                    f"{want}. Use the same `features` preset and overrides as the extraction run, or re-extract "
+                    f"into another OUT."
+                )
         self._index: dict[str, tuple[Path, int]] = {}
         self._present: dict[str, dict[str, bool]] = {}
         self._meta: dict[str, dict] = {}
         self.modalities: dict[str, dict] = {}
         # verify: check every shard's data against its marker's checksums first (reads the store once)
-        for rel, marker in collect_markers(self.root, config_hash=self.config_hash, verify=verify).items():
+        for rel, marker in collect_markers(self.root, hashes=self.hashes, verify=verify).items():
             shard_dir = self.root / rel
             for row, vid in enumerate(marker["ok"]):
                 self._index[vid] = (shard_dir, row)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from core.features import config_hash, hashed_view, resolve_features
+from core.features import combined_hash, modality_hashes, modality_views, resolve_features
 from core.hub import ModelUnavailableError
-from core.store import collect_markers, shard_is_valid, verify_shard
+from core.store import collect_markers, read_marker, shard_is_valid, verify_shard
 from core.util import find_error, to_plain
-from pipeline.manifest import build_manifest
+from pipeline.lease import StoreLease
+from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
-from pipeline.store import init_store, remove_stale_temporaries, write_failures
+from pipeline.resources import describe, fit_resources
+from pipeline.store import init_store, recover_replaced, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
 
@@ -94,26 +97,63 @@ def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool)
     log.warning("%s Waiting for the cluster to scale.", msg)
 
 
-def _drop_foreign_shards(root: Path, wanted: set[str]) -> list[str]:
-    """Shards left from an older video list would otherwise stay visible to readers."""
-    dropped = []
-    for shard_dir in Path(root).glob("*/*.zarr"):
-        rel = f"{shard_dir.parent.name}/{shard_dir.name}"
-        if rel not in wanted:
-            shutil.rmtree(shard_dir)
-            dropped.append(rel)
-    return dropped
+@dataclass
+class Work:
+    """What a run does to the store: passes of (modalities, jobs), and what it must leave."""
+
+    full: list = field(default_factory=list)       # (spec, entries, base, carry): every requested modality
+    add: dict = field(default_factory=dict)        # tuple(missing modalities) -> jobs adding them
+    done: int = 0
+    waiting: list = field(default_factory=list)    # shards that need videos this dataset does not list
+    reasons: Counter = field(default_factory=Counter)
 
 
-def _done(shard_dir: Path, chash: str, video_ids, verify: bool) -> bool:
-    """A shard to skip: its marker validates and, with store.verify, its data matches the
-    marker's checksums (a corrupt shard is logged and written again)."""
-    if not shard_is_valid(shard_dir, config_hash=chash, video_ids=video_ids):
-        return False
-    problems = verify_shard(shard_dir) if verify else []
-    if problems:
-        log.warning("%s is corrupt (%s): extracting it again", shard_dir, "; ".join(problems[:3]))
-    return not problems
+def _retry_ids(marker: dict, retry_failed: bool) -> set[str]:
+    """Videos of a valid shard to extract again: transient failures always, every failure and
+    lost modality with store.retry_failed."""
+    rows = [*marker.get("failed", []), *marker.get("errors", [])]
+    return {r["video_id"] for r in rows if retry_failed or r.get("transient")}
+
+
+def plan_work(root: Path, shards, registry: dict, requested: list[str], *, retry_failed: bool, verify: bool) -> Work:
+    """Which shards this run writes, and how: a new or broken shard in full; a valid shard
+    lacking a requested modality gets just that one added; failed videos are redone in place."""
+    work = Work()
+    for spec, entries in shards:
+        shard_dir = root / spec.relpath()
+        listed = {e.video_id for e in entries}
+        complete = len(listed) == len(spec.video_ids)
+        marker = read_marker(shard_dir)
+        valid = marker is not None and shard_is_valid(shard_dir, hashes=registry, video_ids=spec.video_ids)
+        if valid and verify:
+            problems = verify_shard(shard_dir)
+            if problems:
+                log.warning("%s is corrupt (%s): extracting it again", shard_dir, "; ".join(problems[:3]))
+                valid = False
+        if not valid:
+            if complete:
+                work.full.append((spec, entries, None, set()))
+                work.reasons["new or invalid"] += 1
+            else:
+                work.waiting.append(spec)
+            continue
+        missing = tuple(m for m in requested if m not in marker["hashes"])
+        retry = _retry_ids(marker, retry_failed) & listed
+        ok = set(marker["ok"])
+        if not missing and not retry:
+            work.done += 1
+        elif not missing:  # redo those videos with every requested modality; the rest is carried over
+            work.full.append((spec, entries, shard_dir, set(spec.video_ids) - retry))
+            work.reasons["retry"] += 1
+        elif not retry and ok <= listed:  # add the missing modalities to every video the shard holds
+            work.add.setdefault(missing, []).append((spec, entries, shard_dir, set(spec.video_ids) - ok))
+            work.reasons["add " + ",".join(missing)] += 1
+        elif complete:  # both: the whole shard again, keeping modalities this run does not ask for
+            work.full.append((spec, entries, shard_dir, set()))
+            work.reasons["retry + add"] += 1
+        else:
+            work.waiting.append(spec)
+    return work
 
 
 def _translated(rows):
@@ -127,56 +167,83 @@ def _translated(rows):
         raise user from None
 
 
+def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, store_cfg: dict, cfg, lease,
+              totals: dict) -> None:
+    """One Ray Data graph over ``jobs`` computing ``features`` (resolved) into the store."""
+    from pipeline.graph import build_dataset
+
+    start_ray(to_plain(cfg.ray))
+    import ray
+
+    have = ray.cluster_resources()
+    features, store_cfg, notes = fit_resources(features, store_cfg, have)
+    for note in notes:
+        (log.warning if note.startswith("no GPU") else log.info)("%s", note)
+    log.info("actor pools: %s", describe(features, store_cfg))
+    check_resources(features, store_cfg, have, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
+    ds = build_dataset(jobs, features, root=root, hashes=hashes, store_cfg=store_cfg,
+                       decode_resources=features["decode"].get("resources"))
+    with tqdm(total=len(jobs), unit="shard", desc=label, dynamic_ncols=True) as bar:
+        for row in _translated(ds.iter_rows()):
+            lease.check()
+            marker = json.loads(row["marker"])
+            totals["ok"] += len(marker["ok"])
+            totals["failed"] += len(marker["failed"])
+            totals["decoded"] += marker["videos_decoded"]
+            for stage, sec in marker["timings"].items():
+                totals["stages"][stage] = totals["stages"].get(stage, 0.0) + sec
+            bar.set_postfix(videos_ok=totals["ok"], failed=totals["failed"])
+            bar.update(1)
+
+
 def run_extract(cfg) -> dict:
-    """Run (or resume) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report."""
+    """Run (or resume, extend, repair) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report."""
     from core.datasets import load_dataset
     from pipeline.demo import ensure_demo
-    from pipeline.graph import build_dataset
 
     t0 = time.time()
     features = resolve_features(cfg.features)
-    chash = config_hash(cfg.features)
+    requested = list(features["modalities"])
+    hashes = modality_hashes(cfg.features)
     store_cfg = to_plain(cfg.store)
     ensure_demo(cfg.dataset)
     index = load_dataset(cfg.dataset)
     root = Path(cfg.out) / index.name
-    shards = build_manifest(index, int(store_cfg["shard_size"]))
-    init_store(root, dataset=index.name, config_hash=chash, features=hashed_view(features),
-               overwrite=bool(store_cfg.get("overwrite", False)))
-    cleaned = remove_stale_temporaries(root)
-    dropped = _drop_foreign_shards(root, {spec.relpath() for spec, _ in shards})
-    verify = bool(store_cfg.get("verify", False))
-    todo = [(s, e) for s, e in shards if not _done(root / s.relpath(), chash, s.video_ids, verify)]
-    log.info("%s: %d videos in %d shards; %d shards already valid, %d to do (removed %d leftovers, %d stale shards)",
-             index.name, len(index.videos), len(shards), len(shards) - len(todo), len(todo), cleaned, len(dropped))
-    stage_seconds: dict[str, float] = {}
-    n_decoded = 0
-    if todo:
-        start_ray(to_plain(cfg.ray))
-        import ray
-
-        check_resources(features, store_cfg, ray.cluster_resources(),
-                        local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
-        ds = build_dataset(todo, features, root=root, config_hash=chash, store_cfg=store_cfg,
-                           decode_resources=features["decode"].get("resources"))
-        n_ok = n_failed = 0
-        with tqdm(total=len(todo), unit="shard", desc=f"extract {index.name}", dynamic_ncols=True) as bar:
-            for row in _translated(ds.iter_rows()):
-                marker = json.loads(row["marker"])
-                n_ok, n_failed = n_ok + len(marker["ok"]), n_failed + len(marker["failed"])
-                n_decoded += marker["videos_decoded"]
-                for stage, sec in marker["timings"].items():
-                    stage_seconds[stage] = stage_seconds.get(stage, 0.0) + sec
-                bar.set_postfix(videos_ok=n_ok, failed=n_failed)
-                bar.update(1)
-    markers = collect_markers(root, config_hash=chash)
-    failures = write_failures(root, markers.values())
-    run = {"shards_written": len(todo), "shards_skipped": len(shards) - len(todo), "wall_seconds": time.time() - t0,
-           "videos_decoded": n_decoded,
-           "stage_seconds": {k: round(v, 3) for k, v in stage_seconds.items()}, "preset": features.get("preset"),
-           "modalities_requested": features["modalities"]}
-    report = build_report(dataset=index.name, root=root, config_hash=chash, shards=shards, markers=markers,
-                          failures=failures, run=run)
-    write_report(root, report)
+    root.mkdir(parents=True, exist_ok=True)
+    with StoreLease(root, stale_s=float(store_cfg.get("lease_s", 120))) as lease:
+        registry = init_store(root, dataset=index.name, hashes=hashes, features=modality_views(cfg.features),
+                              overwrite=bool(store_cfg.get("overwrite", False)))
+        cleaned = remove_stale_temporaries(root)
+        restored = recover_replaced(root)
+        shards, _foreign, added = plan_shards(root, index, int(store_cfg["shard_size"]))
+        work = plan_work(root, shards, registry, requested, retry_failed=bool(store_cfg.get("retry_failed", False)),
+                         verify=bool(store_cfg.get("verify", False)))
+        n_todo = len(work.full) + sum(len(j) for j in work.add.values())
+        log.info("%s: %d videos in %d shards (%d new); %d valid, %d to write (%s); %d waiting for videos this "
+                 "dataset does not list (removed %d leftovers, restored %d shards)", index.name, len(index.videos),
+                 len(shards), len(added), work.done, n_todo, dict(work.reasons) or "nothing", len(work.waiting),
+                 cleaned, restored)
+        if work.waiting:
+            log.warning("%d shards also hold videos this dataset does not list and are not complete (e.g. %s); "
+                        "a run over the dataset that lists them finishes them", len(work.waiting),
+                        work.waiting[0].relpath())
+        totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}}
+        if work.full:
+            _run_pass(f"extract {index.name}", work.full, features, hashes, root=root, store_cfg=store_cfg,
+                      cfg=cfg, lease=lease, totals=totals)
+        for missing, jobs in work.add.items():
+            sub = resolve_features({**to_plain(cfg.features), "modalities": list(missing)})
+            _run_pass(f"add {','.join(missing)} to {index.name}", jobs, sub, {m: hashes[m] for m in missing},
+                      root=root, store_cfg=store_cfg, cfg=cfg, lease=lease, totals=totals)
+        markers = collect_markers(root, hashes=registry)
+        failures = write_failures(root, markers.values())
+        run = {"shards_written": n_todo, "shards_skipped": work.done, "shards_new": len(added),
+               "shards_waiting": len(work.waiting), "work": dict(work.reasons), "wall_seconds": time.time() - t0,
+               "videos_decoded": totals["decoded"],
+               "stage_seconds": {k: round(v, 3) for k, v in totals["stages"].items()}, "preset": features.get("preset"),
+               "modalities_requested": requested}
+        report = build_report(dataset=index.name, root=root, config_hash=combined_hash(registry), shards=shards,
+                              markers=markers, failures=failures, run=run)
+        write_report(root, report)
     print(summary(report, failures), flush=True)
     return report

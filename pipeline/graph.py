@@ -9,6 +9,7 @@ dataset). Weights load in the actors' constructors, never on the driver.
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import time
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from core.hub import ModelUnavailableError
+from core.modalities import MODALITIES
 from core.store import ShardSpec
 from pipeline.decode import DecodeConfig, DecodeError
-from pipeline.sandbox import Sandbox, resolve
-from pipeline.store import write_shard
+from pipeline.sandbox import Sandbox, SandboxError, resolve
+from pipeline.store import load_base, write_shard
 
 
 DEFAULT_DECODER = "pipeline.decode:decode_video"
@@ -50,14 +52,44 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:500]
 
 
-def initial_payload(spec: ShardSpec, entries) -> dict:
-    """The payload a shard starts with: manifest fields only."""
-    return {
-        "shard_id": spec.shard_id, "split": spec.split, "timings": {},
-        "videos": [{"video_id": e.video_id, "path": e.path, "start": e.start, "end": e.end,
-                    "streams": dict(e.streams), "failed": None,
-                    "errors": [], "maps": {}, "images": {}, "features": {}, "model_meta": {}} for e in entries],
-    }
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.ENOSPC, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET,
+                     errno.ENOMEM, errno.EBUSY}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error worth retrying on the next run by itself (memory, a flaky filesystem or network,
+    a lost Ray node or object), as opposed to one the video itself causes (undecodable, a crash
+    or hang of the decoder, a bug). Transient entries are redone by the next run automatically."""
+    if isinstance(exc, (DecodeError, SandboxError)):
+        return False
+    if isinstance(exc, (MemoryError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    if "out of memory" in str(exc).lower():  # torch.cuda.OutOfMemoryError and friends
+        return True
+    return type(exc).__module__.startswith("ray.")
+
+
+def _entry(stage: str, exc: BaseException, **extra) -> dict:
+    entry = {"stage": stage, "reason": _reason(exc), **extra}
+    if is_transient(exc):
+        entry["transient"] = True
+    return entry
+
+
+def initial_payload(spec: ShardSpec, entries, *, carry=(), base: str | None = None) -> dict:
+    """The payload a shard starts with: manifest fields only. Videos in ``carry`` are taken over
+    from the existing shard ``base`` by the writer (nothing decodes or extracts them)."""
+    by_id = {e.video_id: e for e in entries}
+    videos = []
+    for vid in spec.video_ids:
+        e = by_id.get(vid)
+        videos.append({"video_id": vid, "path": e.path if e else "", "start": e.start if e else None,
+                       "end": e.end if e else None, "streams": dict(e.streams) if e else {}, "failed": None,
+                       "carry": vid in carry, "errors": [], "maps": {}, "images": {}, "features": {},
+                       "model_meta": {}})
+    return {"shard_id": spec.shard_id, "split": spec.split, "timings": {}, "base": base, "videos": videos}
 
 
 class DecodeStage:
@@ -82,13 +114,15 @@ class DecodeStage:
 
     def run(self, payload: dict) -> dict:
         for video in payload["videos"]:
+            if video.get("carry"):
+                continue
             payload["decoded"] = payload.get("decoded", 0) + 1  # the report checks: once per video per run
             try:
                 video.update(self._call(self.decoder, video["path"], self.cfg, video["start"], video["end"]))
             except DecodeError as exc:
                 video["failed"] = {"stage": "decode", "reason": str(exc)}
             except Exception as exc:  # a decoder crash or hang is a per-video failure, not a run failure
-                video["failed"] = {"stage": "decode", "reason": _reason(exc)}
+                video["failed"] = _entry("decode", exc)
             if not video["failed"]:
                 self._streams(video)
         return payload
@@ -103,7 +137,8 @@ class DecodeStage:
                     raise DecodeError(f"the dataset names no {m} video for this clip")
                 video["images"][m] = self._call(STREAM_DECODER, path, video["timestamps"], self.cfg.max_side)
             except Exception as exc:
-                video["errors"].append({"stage": "decode", "reason": f"{m} stream: {_reason(exc)}"})
+                entry = _entry("decode", exc)
+                video["errors"].append({**entry, "reason": f"{m} stream: {entry['reason']}"})
 
     def __call__(self, batch: dict) -> dict:
         return _out([_timed(self.name, self.run, p) for p in _rows(batch)])
@@ -151,7 +186,7 @@ class ExtractorStage:
                 del video[field][key]
 
     def run(self, payload: dict) -> dict:
-        active = [v for v in payload["videos"] if not v["failed"]]
+        active = [v for v in payload["videos"] if not v["failed"] and not v.get("carry")]
         if not active:
             return payload
         snapshot = [{f: dict(v[f]) for f in ("maps", "images", "features", "model_meta")} for v in active]
@@ -165,8 +200,7 @@ class ExtractorStage:
                 self.extractor({**payload, "videos": [video]})
             except Exception as exc:
                 self._clear(video, before)
-                video["errors"].append({"stage": self.name, "reason": _reason(exc),
-                                        "trace": traceback.format_exc(limit=3)[-1500:]})
+                video["errors"].append(_entry(self.name, exc, trace=traceback.format_exc(limit=3)[-1500:]))
         return payload
 
     def __call__(self, batch: dict) -> dict:
@@ -176,23 +210,36 @@ class ExtractorStage:
 
 
 class ShardWriterStage:
-    """The one writer of each shard: writes it, marker last, and emits the marker as JSON."""
+    """The one writer of each shard: writes it, marker last, and emits the marker as JSON.
 
-    def __init__(self, root: str, config_hash: str, compression: str, raw_maps: bool):
-        self.root, self.config_hash = Path(root), config_hash
+    ``hashes``: the config hash of each modality this pass computes; ``pass_keys`` /
+    ``pass_stages``: the store keys and stages it computes. A shard that already exists (its
+    payload names a ``base``) keeps what this pass does not compute (see pipeline.store.load_base).
+    """
+
+    def __init__(self, root: str, hashes: dict, compression: str, raw_maps: bool, pass_keys=(), pass_stages=()):
+        self.root, self.hashes = Path(root), dict(hashes)
         self.compression, self.raw_maps = compression, raw_maps
+        self.pass_keys, self.pass_stages = set(pass_keys), set(pass_stages)
 
     def __call__(self, batch: dict) -> dict:
         markers = []
         for payload in _rows(batch):
             t0 = time.perf_counter()
+            hashes = dict(self.hashes)
+            if payload.get("base"):
+                base = load_base(Path(payload["base"]), payload["videos"], pass_keys=self.pass_keys,
+                                 pass_stages=self.pass_stages)
+                hashes = {**base, **hashes}
             for v in payload["videos"]:
                 if not v["failed"] and not v["features"]:
                     reasons = "; ".join(f"{e['stage']}: {e['reason']}" for e in v["errors"]) or "no stage ran"
                     v["failed"] = {"stage": "extract", "reason": f"no modality succeeded ({reasons})"}
+                    if any(e.get("transient") for e in v["errors"]):
+                        v["failed"]["transient"] = True
             timings = dict(payload["timings"])
             spec = ShardSpec(payload["shard_id"], payload["split"], tuple(v["video_id"] for v in payload["videos"]))
-            marker = write_shard(self.root, spec, payload["videos"], config_hash=self.config_hash,
+            marker = write_shard(self.root, spec, payload["videos"], hashes=hashes,
                                  compression=self.compression, store_raw_maps=self.raw_maps, timings=timings)
             marker["timings"]["write"] = time.perf_counter() - t0
             marker["videos_decoded"] = payload.get("decoded", 0)
@@ -213,21 +260,29 @@ def _resources(cfg: dict | None) -> dict:
     return out
 
 
-def build_dataset(shards, features: dict, *, root: Path, config_hash: str, store_cfg: dict, decode_resources: dict):
-    """The lazy Ray dataset for the shards still to do (nothing runs until it is consumed)."""
+def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: dict, decode_resources: dict):
+    """The lazy Ray dataset for one pass (nothing runs until it is consumed).
+
+    ``jobs``: (spec, entries, base shard dir or None, ids carried whole from the base);
+    ``features``: the resolved config of the modalities this pass computes; ``hashes``: theirs.
+    """
     import ray.data
 
-    items = [{"shard_id": spec.shard_id, "payload": _dump(initial_payload(spec, entries))} for spec, entries in shards]
+    items = [{"shard_id": spec.shard_id,
+              "payload": _dump(initial_payload(spec, entries, carry=carry, base=str(base) if base else None))}
+             for spec, entries, base, carry in jobs]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(DecodeStage, fn_constructor_kwargs={"decode_cfg": features["decode"]}, batch_size=1,
                         **_resources(decode_resources))
     for name, ext in features["extractors"].items():
         ds = ds.map_batches(ExtractorStage, fn_constructor_kwargs={"name": name, "cfg": ext}, batch_size=1,
                             **_resources(ext.get("resources")))
+    pass_keys = [k for m in features["modalities"] for k in MODALITIES[m].store_keys]
     return ds.map_batches(
         ShardWriterStage,
-        fn_constructor_kwargs={"root": str(root), "config_hash": config_hash,
+        fn_constructor_kwargs={"root": str(root), "hashes": hashes,
                                "compression": store_cfg.get("compression", "auto"),
-                               "raw_maps": bool(store_cfg.get("raw_maps", False))},
+                               "raw_maps": bool(store_cfg.get("raw_maps", False)),
+                               "pass_keys": pass_keys, "pass_stages": ["decode", "extract", *features["extractors"]]},
         batch_size=1, **_resources(store_cfg.get("resources")),
     )

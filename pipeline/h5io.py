@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from core.features import config_hash as features_hash, hashed_view
+from core.features import combined_hash, modality_hashes, modality_views
 from core.modalities import MODALITIES, STORE_KEYS, Modality
 from core.schema import SPLITS, DatasetIndex, VideoEntry, safe_video_id
 from core.store import FAILURES, STORE_FORMAT, STORE_META, FeatureStore
@@ -112,10 +112,12 @@ def export_key(fs: FeatureStore, key: str, path: Path, *, layout: str, filters: 
                "skipped": len(fs) - len(ids), "shape": list(shape), "dtype": str(dtype)}
     with atomic_h5(path) as f:
         f.attrs.update({"format": H5_FORMAT, "store_format": fs.info.get("format", STORE_FORMAT),
-                        "config_hash": fs.config_hash, "dataset": fs.info.get("dataset", fs.root.name),
+                        "config_hash": fs.hashes.get(owner(key).name, ""),
+                        "dataset": fs.info.get("dataset", fs.root.name),
                         "modality": key, "layout": layout, "shape": np.asarray(shape, np.int64),
                         "dtype": str(dtype), "num_videos": len(ids), "skipped": summary["skipped"],
-                        "features": json.dumps(fs.info.get("features", {}), sort_keys=True)})
+                        "features": json.dumps(fs.info.get("modalities", {}).get(owner(key).name, {}).get("features", {}),
+                                               sort_keys=True)})
         rows = tqdm(ids, desc=f"export {key}", unit="video", dynamic_ncols=True)
         if layout == "stacked":
             data = f.create_dataset(key, shape=(len(ids), *shape), dtype=dtype, chunks=(1, *shape), **filters)
@@ -286,22 +288,34 @@ def check_sources(sources: list[H5Source]) -> None:
         raise H5Error(f"frame modalities must share their stored frames (same frame indices); got {frames}")
 
 
-def resolve_hash(sources: list[H5Source], explicit: str | None, features=None) -> tuple[str, dict, str]:
-    """(config hash, features config for store.json, where the hash came from)."""
+def resolve_hash(sources: list[H5Source], explicit: str | None, features=None) -> tuple[dict, dict, str]:
+    """({modality: config hash}, {modality: hashed config} for store.json, where the hashes came from).
+
+    Each file's `config_hash` attr is the hash of the modality that owns its key; files of one
+    modality must agree. Without attrs, the hashes of the `features` config are used."""
+    names = list(dict.fromkeys(owner(s.key).name for s in sources))
     if explicit:
-        return str(explicit), {}, "import.config_hash"
-    stamped = [s for s in sources if s.attrs.get("config_hash")]
-    found = sorted({s.attrs["config_hash"] for s in stamped})
-    if len(found) > 1:
-        raise H5Error(f"the files carry different config hashes {found}: they come from different feature "
-                      f"configs; set import.config_hash=<hash> to import them together anyway")
-    if found:
-        feats = json.loads(stamped[0].attrs.get("features") or "{}")
-        return found[0], feats, f"the config_hash attr of {stamped[0].path.name}"
+        return {m: str(explicit) for m in names}, {}, "import.config_hash"
+    hashes, views, stamped_by = {}, {}, None
+    for s in sources:
+        h = s.attrs.get("config_hash")
+        if not h:
+            continue
+        m = owner(s.key).name
+        if hashes.setdefault(m, h) != h:
+            raise H5Error(f"the {m} files carry different config hashes ({hashes[m]}, {h}): they come from "
+                          f"different feature configs; set import.config_hash=<hash> to import them together anyway")
+        views[m] = json.loads(s.attrs.get("features") or "{}")
+        stamped_by = stamped_by or s.path.name
+    if hashes and set(hashes) == set(names):
+        return hashes, views, f"the config_hash attr of {stamped_by}"
     if features is None:
         raise H5Error("the files carry no config hash; set import.config_hash=<hash> (the trainer refuses a store "
                       "whose hash differs from its features config)")
-    return features_hash(features), hashed_view(features), "the features config (what `make train` with it expects)"
+    unstamped = [m for m in names if m not in hashes]
+    return ({**modality_hashes(features, unstamped), **hashes}, {**modality_views(features, unstamped), **views},
+            "the features config (what `make train` with it expects)" if not hashes else
+            f"the config_hash attrs, and the features config for {unstamped}")
 
 
 def check_target(root: Path, overwrite: bool) -> None:
@@ -325,9 +339,9 @@ def _video(vid: str, sources: list[H5Source], n_frames: int) -> dict:
 
 
 def write_store(tmp: Path, final: Path, sources: list[H5Source], *, dataset: str, split: str, shard_size: int,
-                config_hash: str, features: dict, compression: str) -> dict:
+                hashes: dict, features: dict, compression: str) -> dict:
     """Shards (sorted ids, `shard_size` each) of every video any file holds, report and failures."""
-    init_store(tmp, dataset=dataset, config_hash=config_hash, features=features)
+    init_store(tmp, dataset=dataset, hashes=hashes, features=features)
     ids = sorted(set().union(*(s.rows for s in sources)))
     shards = build_manifest(DatasetIndex(dataset, [VideoEntry(v, "", split) for v in ids], {}), shard_size)
     n_frames = next((s.shape[0] for s in sources if owner(s.key).kind == "frame"), 1)
@@ -335,11 +349,11 @@ def write_store(tmp: Path, final: Path, sources: list[H5Source], *, dataset: str
     with tqdm(total=len(ids), desc=f"import {dataset}", unit="video", dynamic_ncols=True) as bar:
         for spec, _ in shards:
             videos = [_video(v, sources, n_frames) for v in spec.video_ids]
-            markers[spec.relpath()] = write_shard(tmp, spec, videos, config_hash=config_hash, compression=compression)
+            markers[spec.relpath()] = write_shard(tmp, spec, videos, hashes=hashes, compression=compression)
             bar.update(len(videos))
     failures = write_failures(tmp, markers.values())
     run = {"imported_from": {s.key: str(s.path) for s in sources}}
-    report = build_report(dataset=dataset, root=final, config_hash=config_hash, shards=shards, markers=markers,
+    report = build_report(dataset=dataset, root=final, config_hash=combined_hash(hashes), shards=shards, markers=markers,
                           failures=failures, run=run)
     write_json_atomic(tmp / "report.json", report, newline=True)
     return report
@@ -368,12 +382,12 @@ def import_h5(paths, *, root: str | Path, dataset: str, modalities=None, split: 
             sources.append(open_source(p, k, ids_key=ids_key, array_key=array_key))
             stack.callback(sources[-1].file.close)
         check_sources(sources)
-        config_hash, features, hash_from = resolve_hash(sources, config_hash, features)
+        hashes, views, hash_from = resolve_hash(sources, config_hash, features)
         tmp = root.parent / f"{TMP_PREFIX}{root.name}.{uuid.uuid4().hex[:8]}"
         old = tmp.with_name(tmp.name + ".old")
         try:
             report = write_store(tmp, root, sources, dataset=dataset, split=split, shard_size=int(shard_size),
-                                 config_hash=config_hash, features=features, compression=compression)
+                                 hashes=hashes, features=views, compression=compression)
             if root.exists():  # checked above: empty, or a store we may replace
                 root.rename(old)
             tmp.rename(root)
@@ -381,7 +395,8 @@ def import_h5(paths, *, root: str | Path, dataset: str, modalities=None, split: 
             shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)  # only once the new store is in place
     renamed = {raw: vid for s in sources for raw, vid in s.renamed.items()}
-    return {"store": str(root), "config_hash": config_hash, "hash_from": hash_from, "videos": report["videos_ok"],
+    return {"store": str(root), "config_hash": combined_hash(hashes), "hashes": hashes, "hash_from": hash_from,
+            "videos": report["videos_ok"],
             "shards": report["shards_total"], "modalities": report["modalities"],
             "layouts": {s.key: s.layout for s in sources},
             "renamed_ids": len(renamed), "renamed_example": next(iter(renamed.items()), None),

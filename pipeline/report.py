@@ -13,12 +13,13 @@ from core.util import write_json_atomic
 def build_report(*, dataset: str, root: Path, config_hash: str, shards, markers: dict, failures: list[dict],
                  run: dict) -> dict:
     """Counts over the whole store (every valid shard), plus what this run did (``run``)."""
-    total = sum(len(spec.video_ids) for spec, _ in shards)
+    listed = {e.video_id for _, entries in shards for e in entries}  # this dataset's videos
+    total = len(listed)
     wanted = {spec.relpath() for spec, _ in shards}
     done = {rel: m for rel, m in markers.items() if rel in wanted}
-    ok = sum(len(m["ok"]) for m in done.values())
-    failed = sum(len(m["failed"]) for m in done.values())
-    partial = len({e["video_id"] for m in done.values() for e in m["errors"]})
+    ok = sum(1 for m in done.values() for v in m["ok"] if v in listed)
+    failed = sum(1 for m in done.values() for f in m["failed"] if f["video_id"] in listed)
+    partial = len({e["video_id"] for m in done.values() for e in m["errors"] if e["video_id"] in listed})
     modalities: dict[str, dict] = {}
     for m in done.values():
         for key in STORE_KEYS:
@@ -31,6 +32,7 @@ def build_report(*, dataset: str, root: Path, config_hash: str, shards, markers:
         "videos_total": total, "videos_ok": ok, "videos_failed": failed, "videos_partial": partial,
         "videos_pending": total - ok - failed,
         "shards_total": len(shards), "shards_done": len(done),
+        "store_shards": len(markers), "store_videos_ok": sum(len(m["ok"]) for m in markers.values()),
         "modalities": dict(sorted(modalities.items())),
         "failures": {"by_stage": dict(Counter(f["stage"] for f in failures)), "manifest": str(root / FAILURES),
                      "fatal": sum(1 for f in failures if f["fatal"]), "modality_errors": sum(1 for f in failures if not f["fatal"])},

@@ -20,7 +20,9 @@ import numpy as np
 import zarr
 
 from core.modalities import STORE_KEYS
-from core.store import FAILURES, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest
+from core.features import combined_hash
+from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest,
+                        read_marker, read_store_meta, registry)
 from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
 
 
@@ -42,31 +44,52 @@ def _fsync_tree(folder: Path) -> None:
 # --------------------------------------------------------------------------- store level
 
 
-def init_store(root: Path, *, dataset: str, config_hash: str, features: dict, overwrite: bool = False) -> None:
-    """Create ``root`` or check that it was made with the same feature config.
+def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: dict[str, dict] | None = None,
+               overwrite: bool = False) -> dict[str, str]:
+    """Create ``root`` or check it against this run's per-modality config hashes; returns the
+    registry ({modality: hash}) after this run's modalities joined it.
 
-    A store made with another config is refused (its shards would mix incompatible features);
-    ``overwrite=True`` deletes it first.
+    A modality the store holds with another hash is refused (its shards would mix incompatible
+    features) unless ``overwrite=True``, which deletes the whole store first. A modality the
+    store does not hold yet joins the registry (its features are then added shard by shard).
     """
     root = Path(root)
     meta_path = root / STORE_META
+    features = features or {}
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("config_hash") == config_hash:
-            return
-        if not overwrite:
+        try:
+            meta = read_store_meta(root)
+            have = registry(meta)
+            clash = {m: (have[m], h) for m, h in hashes.items() if m in have and have[m] != h}
+        except StoreMismatchError:
+            if not overwrite:
+                raise
+            meta, clash = None, {"format": ("old", STORE_FORMAT)}
+        if clash and not overwrite:
+            detail = ", ".join(f"{m}: store {a}, this run {b}" for m, (a, b) in clash.items())
             raise StoreMismatchError(
-                f"{root} holds features made with config {meta.get('config_hash')}, but this run's "
-                f"feature config hashes to {config_hash}. Write to another OUT, or pass "
+                f"{root} holds features made with another config ({detail}). Write to another OUT, or pass "
                 f"store.overwrite=true to delete the old store first."
             )
-        shutil.rmtree(root)
+        if clash:  # store.overwrite: everything goes but the lease this run holds
+            for child in root.iterdir():
+                if child.name != LOCK:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            new = {m: h for m, h in hashes.items() if m not in have}
+            if new:
+                meta["modalities"].update({m: {"hash": h, "features": features.get(m, {})} for m, h in new.items()})
+                meta["config_hash"] = combined_hash(registry(meta))
+                write_json_atomic(meta_path, meta)
+            return registry(meta)
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         meta_path,
-        {"format": STORE_FORMAT, "dataset": dataset, "config_hash": config_hash, "features": features,
+        {"format": STORE_FORMAT, "dataset": dataset, "config_hash": combined_hash(hashes),
+         "modalities": {m: {"hash": h, "features": features.get(m, {})} for m, h in hashes.items()},
          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
+    return dict(hashes)
 
 
 def remove_stale_temporaries(root: Path) -> int:
@@ -117,7 +140,7 @@ def write_shard(
     spec: ShardSpec,
     videos: list[dict],
     *,
-    config_hash: str,
+    hashes: dict[str, str],
     compression: str = "auto",
     store_raw_maps: bool = False,
     timings: dict | None = None,
@@ -125,7 +148,9 @@ def write_shard(
     """Write one shard (the only writer of ``spec``) and return its marker.
 
     ``videos`` are payload video dicts (core.schema) in manifest order. Failed videos are
-    listed in the marker and get no record; modality errors are listed and masked.
+    listed in the marker and get no record; modality errors are listed and masked. ``hashes``:
+    the config hash of every modality the shard holds. Replacing a valid shard never leaves a
+    moment without one on disk (see ``_swap_into_place``).
     """
     root = Path(root)
     if [v["video_id"] for v in videos] != list(spec.video_ids):
@@ -160,26 +185,106 @@ def write_shard(
     per_video = {
         v["video_id"]: {
             "fps": float(v.get("fps", 0.0)), "num_frames": int(v.get("num_frames", 0)),
-            "decoder": v.get("decoder"), "size": list(np.asarray(v["frames"]).shape[1:3]) if "frames" in v else None,
+            "decoder": v.get("decoder"),
+            "size": list(np.asarray(v["frames"]).shape[1:3]) if "frames" in v else v.get("size"),
             "errors": v.get("errors", []), "model_meta": v.get("model_meta", {}),
         }
         for v in ok
     }
-    group.attrs.update({"shard_id": spec.shard_id, "split": spec.split, "config_hash": config_hash,
+    group.attrs.update({"shard_id": spec.shard_id, "split": spec.split, "hashes": dict(sorted(hashes.items())),
                         "ok": [v["video_id"] for v in ok], "present": present, "videos": per_video})
     marker = {
-        "shard_id": spec.shard_id, "split": spec.split, "config_hash": config_hash,
-        "video_ids": list(spec.video_ids), "ok": [v["video_id"] for v in ok], "failed": failed,
+        "shard_id": spec.shard_id, "split": spec.split, "hashes": dict(sorted(hashes.items())),
+        "config_hash": combined_hash(hashes), "video_ids": list(spec.video_ids), "ok": [v["video_id"] for v in ok], "failed": failed,
         "errors": errors, "present": present, "arrays": arrays, "timings": timings or {},
         "written_at": time.time(),
     }
     _fsync_tree(tmp)  # the data is on disk before the marker that vouches for it
     write_json_atomic(tmp / MARKER, marker)
-    if final.exists():  # an invalid leftover (the caller only rewrites shards that fail validation)
-        shutil.rmtree(final)
-    tmp.rename(final)
-    _fsync(final.parent)  # the rename itself
+    _swap_into_place(tmp, final)
     return marker
+
+
+REPLACED = ".replaced-"
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``. An existing ``final`` (a shard being extended or repaired)
+    is first renamed aside, never deleted before the new one is in place: a crash in between
+    leaves ``<final>.replaced-<id>``, which ``recover_replaced`` renames back."""
+    aside = None
+    if final.exists():
+        aside = final.with_name(f"{final.name}{REPLACED}{uuid.uuid4().hex[:8]}")
+        final.rename(aside)
+    tmp.rename(final)
+    _fsync(final.parent)  # the renames themselves
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_replaced(root: Path) -> int:
+    """Shards renamed aside by a writer that died before its replacement was in place go back;
+    an aside copy whose replacement made it is deleted. Returns how many were restored."""
+    restored = 0
+    for aside in sorted(Path(root).glob(f"*/*.zarr{REPLACED}*")):
+        final = aside.with_name(aside.name.split(REPLACED)[0])
+        if final.exists() and (final / MARKER).exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            continue
+        if final.exists():
+            shutil.rmtree(final)
+        aside.rename(final)
+        restored += 1
+    return restored
+
+
+def load_base(base_dir: Path, videos: list[dict], *, pass_keys: set[str], pass_stages: set[str]) -> dict[str, str]:
+    """Fill payload videos with what an existing shard already holds; returns that shard's hashes.
+
+    A video marked ``carry`` is taken over whole (status, features, metadata) and was not
+    extracted in this pass. Any other video keeps the shard's keys that this pass does not
+    compute (adding a modality) and the shard's errors of stages that did not run; if this pass
+    failed on a video the shard holds, the video keeps everything and the failure becomes an
+    error of this pass's modalities (finished work is never dropped).
+    """
+    marker = read_marker(base_dir)
+    group = zarr.open_group(str(base_dir), mode="r")
+    rows = {vid: i for i, vid in enumerate(marker["ok"])}
+    failed = {f["video_id"]: {k: x for k, x in f.items() if k != "video_id"} for f in marker["failed"]}
+    info_by_video = group.attrs["videos"]
+    for v in videos:
+        vid = v["video_id"]
+        carry = bool(v.get("carry"))
+        if vid not in rows:
+            if carry:
+                v["failed"] = failed.get(vid) or {"stage": "extract", "reason": "not in the shard it was carried from"}
+            continue
+        row, info = rows[vid], info_by_video[vid]
+        if carry:
+            keys = set(STORE_KEYS)
+            v.update(failed=None, errors=list(info.get("errors", [])), model_meta=dict(info.get("model_meta", {})),
+                     fps=info.get("fps", 0.0), num_frames=info.get("num_frames", 0), decoder=info.get("decoder"),
+                     size=info.get("size"))
+            v["frame_indices"] = np.asarray(group["frame_indices"][row])
+            v["timestamps"] = np.asarray(group["timestamps"][row])
+        else:
+            keys = set(STORE_KEYS) - pass_keys
+            if v.get("failed"):  # this pass could not redo it: keep the shard's row, list the failure
+                v["errors"] = v.get("errors", []) + [{**v["failed"], "reason": f"{v['failed']['reason']} (adding "
+                                                       f"{', '.join(sorted(pass_keys))}; the rest kept)"}]
+                v["failed"] = None
+                keys = set(STORE_KEYS)
+                v["frame_indices"] = np.asarray(group["frame_indices"][row])
+                v["timestamps"] = np.asarray(group["timestamps"][row])
+                v.update(fps=info.get("fps", 0.0), num_frames=info.get("num_frames", 0), decoder=info.get("decoder"),
+                         size=info.get("size"))
+            kept = [e for e in info.get("errors", []) if e.get("stage") not in pass_stages]
+            v["errors"] = kept + v.get("errors", [])
+            v["model_meta"] = {**info.get("model_meta", {}), **v.get("model_meta", {})}
+        for key in sorted(keys):
+            if key in marker["arrays"] and marker["present"].get(key, [False] * len(rows))[row]:
+                v["features"][key] = np.asarray(group[key][row])
+    return dict(marker.get("hashes", {}))
 
 
 def write_failures(root: Path, markers: Iterable[dict], extra: Iterable[dict] = ()) -> list[dict]:

@@ -28,3 +28,23 @@ def add(a, b):
 
 def fail(message):
     raise ValueError(message)
+
+
+def flaky_decode(path, cfg, start=None, end=None):
+    """An I/O error (EIO, as a flaky network filesystem gives) while `<video>.fail` exists beside
+    the video; the error is transient, so the next run must redo the video by itself."""
+    import errno
+
+    if Path(f"{path}.fail").exists():
+        raise OSError(errno.EIO, f"Input/output error (injected while {Path(path).name}.fail exists)")
+    return decode_video(path, cfg, start, end)
+
+
+def hold_lease(root, ready):
+    """Hold a store's lease until killed (a second writer's process, for the lease tests)."""
+    from pipeline.lease import StoreLease
+
+    lease = StoreLease(Path(root), stale_s=60).acquire()
+    Path(ready).write_text(str(os.getpid()))
+    while not lease.lost.is_set():
+        time.sleep(0.5)

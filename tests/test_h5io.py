@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from core.modalities import NAMES, STORE_KEYS, get
 from core.schema import QARecord, safe_video_id
-from core.store import FeatureStore, ShardSpec, StoreError
+from core.store import STORE_FORMAT, FeatureStore, ShardSpec, StoreError
 from pipeline.h5io import LAYOUTS, H5Error, export_store, import_h5
 from pipeline.store import init_store, write_shard
 from trainer.config import DataConfig, PromptConfig
@@ -25,7 +25,8 @@ from trainer.data import QADataset, feature_widths
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 HASH = "0123456789abcdef"
-FEATS = {"modalities": ["rgb"], "note": "fixture"}
+HASHES = {m: HASH for m in ("rgb", "audio", "pointcloud")}  # the fixture store's registry
+FEATS = {"rgb": {"modalities": ["rgb"], "note": "fixture"}}
 POINTS = get("pointcloud").store_keys  # (features, voxel xyz)
 LACKS_AUDIO = "v02"
 
@@ -44,13 +45,13 @@ def video(vid: str, rng: np.random.Generator, *, audio: bool = True) -> dict:
 def store(tmp_path) -> Path:
     """Two shards (train, val) of real features; v02 has no audio; vbad failed entirely."""
     root = tmp_path / "feats" / "demo"
-    init_store(root, dataset="demo", config_hash=HASH, features=FEATS)
+    init_store(root, dataset="demo", hashes=HASHES, features=FEATS)
     rng = np.random.default_rng(0)
     train = [video("v00", rng), video("v01", rng), video(LACKS_AUDIO, rng, audio=False),
              {"video_id": "vbad", "failed": {"stage": "decode", "reason": "corrupt"}}]
-    write_shard(root, ShardSpec("train-00000", "train", ("v00", "v01", LACKS_AUDIO, "vbad")), train, config_hash=HASH)
+    write_shard(root, ShardSpec("train-00000", "train", ("v00", "v01", LACKS_AUDIO, "vbad")), train, hashes=HASHES)
     write_shard(root, ShardSpec("val-00000", "val", ("v03", "v04")), [video("v03", rng), video("v04", rng)],
-                config_hash=HASH)
+                hashes=HASHES)
     return root
 
 
@@ -75,10 +76,10 @@ def test_export_writes_one_file_per_key_with_attrs_chunks_and_gzip(store, layout
         shape = list(fs.modalities[key]["shape"])
         attrs = h5_attrs(path)
         assert attrs["config_hash"] == HASH and attrs["dataset"] == "demo" and attrs["modality"] == key
-        assert attrs["store_format"] == "crema-store/1" and attrs["layout"] == layout
+        assert attrs["store_format"] == STORE_FORMAT and attrs["layout"] == layout
         assert attrs["shape"] == shape and attrs["dtype"] == fs.modalities[key]["dtype"]
         assert attrs["num_videos"] == len(ids) and attrs["skipped"] == len(fs) - len(ids)
-        assert json.loads(attrs["features"]) == FEATS
+        assert json.loads(attrs["features"]) == FEATS.get(get(key).name if key in NAMES else "pointcloud", {})
         with h5py.File(path, "r") as f:
             if layout == "stacked":
                 assert sorted(f) == sorted(["ids", key])
@@ -138,11 +139,11 @@ def test_round_trip_is_bit_for_bit(store, tmp_path, layout):
     files = [r["path"] for r in export_store(store, layout=layout)]
     new = tmp_path / "imported" / "demo"
     out = import_h5(files, root=new, dataset="demo", shard_size=2)
-    assert out["config_hash"] == HASH and "config_hash attr" in out["hash_from"]
+    assert out["hashes"] == HASHES and "config_hash attr" in out["hash_from"]
     assert out["layouts"] == {Path(f).stem: layout for f in files} and out["shards"] == 3
-    old, fs = FeatureStore(store), FeatureStore(new, expected_config_hash=HASH)
+    old, fs = FeatureStore(store), FeatureStore(new, expected_hashes=HASHES)
     assert fs.video_ids == old.video_ids == ["v00", "v01", LACKS_AUDIO, "v03", "v04"]
-    assert fs.modalities == old.modalities and fs.info["features"] == FEATS
+    assert fs.modalities == old.modalities and fs.info["modalities"]["rgb"]["features"] == FEATS["rgb"]
     for vid in old.video_ids:
         for key in old.modalities:
             assert fs.has(vid, key) == old.has(vid, key), (vid, key)
@@ -159,7 +160,7 @@ def test_round_trip_is_bit_for_bit(store, tmp_path, layout):
 def test_the_trainer_reads_an_imported_store(store, tmp_path):
     new = tmp_path / "imported" / "demo"
     import_h5([r["path"] for r in export_store(store)], root=new, dataset="demo")
-    fs = FeatureStore(new, expected_config_hash=HASH)
+    fs = FeatureStore(new, expected_hashes=HASHES)
     assert feature_widths(fs) == {"vision_width": 6, "audio_width": 4}
     mods = [k for k in fs.modalities if k in NAMES]  # each modality once (xyz rides with its points)
     record = QARecord("q0", "v00", "train", "what?", "red", options=("red", "blue"), answer_idx=0)
@@ -190,7 +191,10 @@ def test_import_of_a_foreign_stacked_file_makes_ids_safe_and_takes_the_hash_from
         features = compose(config_name="import", overrides=["import.path=x.h5"]).features
     out = import_h5(path, root=tmp_path / "s" / "nextqa", dataset="nextqa", modalities="rgb", features=features)
     assert "features config" in out["hash_from"] and out["renamed_ids"] == 2
-    fs = FeatureStore(tmp_path / "s" / "nextqa", expected_config_hash=out["config_hash"])
+    from core.features import modality_hashes
+
+    assert out["hashes"] == {"rgb": modality_hashes(features, ["rgb"])["rgb"]}
+    fs = FeatureStore(tmp_path / "s" / "nextqa", expected_hashes=out["hashes"])
     assert fs.video_ids == sorted(safe_video_id(v) for v in raw_ids)
     np.testing.assert_array_equal(fs.get(safe_video_id(raw_ids[0]), "rgb"), feats[0])
     assert fs.meta(safe_video_id(raw_ids[1]))["frame_indices"].tolist() == [-1, -1, -1]  # not known
@@ -237,7 +241,7 @@ def test_import_refuses_an_existing_store_unless_overwrite(store, tmp_path):
     with pytest.raises(H5Error, match="not a feature store"):
         import_h5(path, root=tmp_path / "junk", dataset="junk", overwrite=True)
     import_h5(path, root=store, dataset="demo", overwrite=True, config_hash="other")
-    fs = FeatureStore(store, expected_config_hash="other")
+    fs = FeatureStore(store, expected_hashes={"rgb": "other"})
     assert list(fs.modalities) == ["rgb"] and len(fs) == 5
 
 

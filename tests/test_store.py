@@ -12,6 +12,7 @@ from core.store import (MARKER, FeatureStore, ShardSpec, StoreError, StoreMismat
 from pipeline.store import init_store, remove_stale_temporaries, write_failures, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
+H1 = {"rgb": "h1", "audio": "ha"}  # a store's registry: one config hash per modality
 
 
 def video(vid, *, audio=True, failed=None, seed=0):
@@ -30,16 +31,16 @@ def video(vid, *, audio=True, failed=None, seed=0):
 @pytest.fixture
 def store(tmp_path):
     root = tmp_path / "demo"
-    init_store(root, dataset="demo", config_hash="h1", features={"k": 1})
+    init_store(root, dataset="demo", hashes=H1, features={"rgb": {"k": 1}})
     videos = [video("a", seed=1), video("b", audio=False, seed=2), video("c", failed={"stage": "decode", "reason": "bad"})]
     spec = ShardSpec("train-00000", "train", ("a", "b", "c"))
-    marker = write_shard(root, spec, videos, config_hash="h1", store_raw_maps=True)
+    marker = write_shard(root, spec, videos, hashes=H1, store_raw_maps=True)
     return root, spec, videos, marker
 
 
 def test_roundtrip_masks_and_metadata(store):
     root, spec, videos, marker = store
-    fs = FeatureStore(root, expected_config_hash="h1")
+    fs = FeatureStore(root, expected_hashes=H1)
     assert fs.video_ids == ["a", "b"] and "c" not in fs  # a failed video gets no record
     np.testing.assert_array_equal(fs.get("a", "rgb"), videos[0]["features"]["rgb"])
     np.testing.assert_array_equal(fs.get("b", "rgb"), videos[1]["features"]["rgb"])
@@ -68,15 +69,16 @@ def test_arrays_are_zarr_v3_sharded_one_chunk_per_video(store):
 def test_marker_is_required_and_checked(store):
     root, spec, *_ = store
     shard = root / spec.relpath()
-    assert shard_is_valid(shard, config_hash="h1", video_ids=spec.video_ids)
-    assert not shard_is_valid(shard, config_hash="h2")
-    assert not shard_is_valid(shard, config_hash="h1", video_ids=("a", "b"))
+    assert shard_is_valid(shard, hashes=H1, video_ids=spec.video_ids)
+    assert not shard_is_valid(shard, hashes={**H1, "audio": "h2"})  # one modality's hash differs
+    assert not shard_is_valid(shard, hashes={"rgb": "h1"})  # a modality the registry does not know
+    assert not shard_is_valid(shard, hashes=H1, video_ids=("a", "b"))
     marker = read_marker(shard)
     marker["arrays"]["rgb"]["shape"] = [3, 4, 5, 6]  # an array that does not match its marker
     (shard / MARKER).write_text(json.dumps(marker))
-    assert not shard_is_valid(shard, config_hash="h1")
+    assert not shard_is_valid(shard, hashes=H1)
     (shard / MARKER).unlink()  # no marker: invisible to readers
-    assert not shard_is_valid(shard, config_hash="h1")
+    assert not shard_is_valid(shard, hashes=H1)
     assert FeatureStore(root).video_ids == []
 
 
@@ -91,7 +93,7 @@ def test_interrupted_writer_leaves_only_temporaries(store, tmp_path, monkeypatch
 
     monkeypatch.setattr(st, "write_json_atomic", die)
     with pytest.raises(KeyboardInterrupt):
-        write_shard(root, spec2, [video("d")], config_hash="h1")
+        write_shard(root, spec2, [video("d")], hashes=H1)
     monkeypatch.undo()
     assert not (root / spec2.relpath()).exists()
     assert FeatureStore(root).video_ids == ["a", "b"]
@@ -102,18 +104,36 @@ def test_interrupted_writer_leaves_only_temporaries(store, tmp_path, monkeypatch
 def test_rewrite_replaces_invalid_shard_and_keeps_ids(store):
     root, spec, videos, _ = store
     (root / spec.relpath() / MARKER).unlink()
-    write_shard(root, spec, videos, config_hash="h1")
-    assert FeatureStore(root, "h1").video_ids == ["a", "b"]
+    write_shard(root, spec, videos, hashes=H1)
+    assert FeatureStore(root, H1).video_ids == ["a", "b"]
 
 
 def test_mismatched_config_is_refused_naming_both_hashes(store):
     root, *_ = store
-    with pytest.raises(StoreMismatchError, match="h1.*expects h9"):
-        FeatureStore(root, expected_config_hash="h9")
-    with pytest.raises(StoreMismatchError, match="h1.*hashes to h9"):
-        init_store(root, dataset="demo", config_hash="h9", features={})
-    init_store(root, dataset="demo", config_hash="h9", features={}, overwrite=True)
-    assert FeatureStore(root, "h9").video_ids == []
+    with pytest.raises(StoreMismatchError, match="'audio' features made with config ha.*expects h9"):
+        FeatureStore(root, expected_hashes={"rgb": "h1", "audio": "h9"})
+    assert FeatureStore(root, expected_hashes={"rgb": "h1"}).video_ids == ["a", "b"]  # reads rgb only
+    with pytest.raises(StoreError, match="no 'depth' features.*features.modalities=\\[audio,rgb,depth\\]"):
+        FeatureStore(root, expected_hashes={"depth": "hd"})
+    with pytest.raises(StoreMismatchError, match="audio: store ha, this run h9"):
+        init_store(root, dataset="demo", hashes={"rgb": "h1", "audio": "h9"})
+    # a new modality joins the registry; the shards stay valid
+    assert init_store(root, dataset="demo", hashes={"rgb": "h1", "depth": "hd"}) == {**H1, "depth": "hd"}
+    assert FeatureStore(root, expected_hashes=H1).video_ids == ["a", "b"]
+    init_store(root, dataset="demo", hashes={"audio": "h9"}, overwrite=True)
+    assert FeatureStore(root, {"audio": "h9"}).video_ids == []
+
+
+def test_a_store_of_the_old_format_is_refused_with_what_to_do(store):
+    root, *_ = store
+    meta = json.loads((root / "store.json").read_text())
+    (root / "store.json").write_text(json.dumps({**meta, "format": "crema-store/1"}))
+    with pytest.raises(StoreMismatchError, match="crema-store/1.*store.overwrite=true"):
+        FeatureStore(root)
+    with pytest.raises(StoreMismatchError, match="crema-store/1"):
+        init_store(root, dataset="demo", hashes=H1)
+    init_store(root, dataset="demo", hashes=H1, overwrite=True)
+    assert FeatureStore(root).video_ids == []
 
 
 def test_missing_store_says_how_to_make_it(tmp_path):
@@ -123,7 +143,7 @@ def test_missing_store_says_how_to_make_it(tmp_path):
 
 def test_failures_manifest_from_markers(store):
     root, *_ = store
-    rows = write_failures(root, collect_markers(root, config_hash="h1").values())
+    rows = write_failures(root, collect_markers(root, hashes=H1).values())
     assert [(r["video_id"], r["stage"], r["fatal"]) for r in rows] == [("b", "audio", False), ("c", "decode", True)]
     lines = (root / "failures.jsonl").read_text().splitlines()
     assert [json.loads(line)["video_id"] for line in lines] == ["b", "c"]
@@ -131,9 +151,9 @@ def test_failures_manifest_from_markers(store):
 
 def test_payload_must_match_manifest(tmp_path):
     root = tmp_path / "s"
-    init_store(root, dataset="s", config_hash="h", features={})
+    init_store(root, dataset="s", hashes={"rgb": "h"})
     with pytest.raises(ValueError, match="do not match the manifest"):
-        write_shard(root, ShardSpec("train-00000", "train", ("x",)), [video("y")], config_hash="h")
+        write_shard(root, ShardSpec("train-00000", "train", ("x",)), [video("y")], hashes={"rgb": "h"})
     shutil.rmtree(root)
 
 
@@ -149,10 +169,10 @@ def _flip_a_byte(shard_dir, key: str) -> None:
 @pytest.mark.parametrize("compression", ["auto", "none"])
 def test_verify_finds_a_flipped_byte_and_the_verifying_reader_hides_the_shard(tmp_path, compression):
     root = tmp_path / "demo"
-    init_store(root, dataset="demo", config_hash="h1", features={"k": 1})
-    write_shard(root, ShardSpec("train-00000", "train", ("a",)), [video("a", seed=1)], config_hash="h1",
+    init_store(root, dataset="demo", hashes=H1, features={"rgb": {"k": 1}})
+    write_shard(root, ShardSpec("train-00000", "train", ("a",)), [video("a", seed=1)], hashes=H1,
                 compression=compression)
-    write_shard(root, ShardSpec("train-00001", "train", ("b",)), [video("b", seed=2)], config_hash="h1",
+    write_shard(root, ShardSpec("train-00001", "train", ("b",)), [video("b", seed=2)], hashes=H1,
                 compression=compression)
     good, bad = root / "train" / "train-00000.zarr", root / "train" / "train-00001.zarr"
     assert verify_shard(good) == verify_shard(bad) == []

@@ -12,9 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from core.features import config_hash
+from core.features import modality_hashes, modality_views
 from core.store import FeatureStore, ShardSpec
-from core.util import to_plain
 from pipeline.store import init_store, write_shard
 from trainer import checkpoint
 from trainer.data import sample_frames, sample_points
@@ -46,8 +45,8 @@ def write_fixture(tmp: Path, cfg, *, videos: int = 12, lacking: dict | None = No
     rng = np.random.default_rng(0)
     ids = [f"vid{i:02d}" for i in range(videos)]
     root = Path(cfg.store)
-    h = config_hash(cfg.features)
-    init_store(root, dataset=cfg.dataset.name, config_hash=h, features=to_plain(cfg.features))
+    h = modality_hashes(cfg.features, ["rgb", "flow", "audio"])
+    init_store(root, dataset=cfg.dataset.name, hashes=h, features=modality_views(cfg.features, list(h)))
     payload = []
     for vid in ids:
         feats = {m: rng.standard_normal((F, TOKENS, VIT)).astype(np.float16) for m in ("rgb", "flow")}
@@ -56,7 +55,7 @@ def write_fixture(tmp: Path, cfg, *, videos: int = 12, lacking: dict | None = No
             del feats[m]
         payload.append({"video_id": vid, "features": feats, "frame_indices": np.arange(F) * 3,
                         "timestamps": np.arange(F) * 0.3, "errors": [{"stage": m, "reason": "test"} for m in lacking.get(vid, [])]})
-    write_shard(root, ShardSpec("train-00000", "train", tuple(ids)), payload, config_hash=h)
+    write_shard(root, ShardSpec("train-00000", "train", tuple(ids)), payload, hashes=h)
     ann = tmp / "ann"
     ann.mkdir(exist_ok=True)
     splits = {"train": ids[:8], "val": ids[8:10], "test": ids[10:]}

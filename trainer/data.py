@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from core.features import config_hash
+from core.features import modality_hashes
 from core.modalities import FRAME, NAMES, get, kind
 from core.schema import DatasetIndex, QARecord
 from core.store import FeatureStore
@@ -64,7 +64,8 @@ class QADataset(torch.utils.data.Dataset):
         if absent:
             raise ValueError(f"store {store.root} has no {absent} features at all (it has "
                              f"{sorted(store.modalities)}); extract them or drop them from model.modalities")
-        self.store, self.root, self.config_hash = store, store.root, store.config_hash
+        self.store, self.root = store, store.root
+        self.hashes = {m: store.hashes[m] for m in modalities if m in store.hashes}
         self.modalities, self.num_frames, self.train = list(modalities), num_frames, train
         self.data, self.prompt, self.split, self.epoch = data, prompt, split, 0
         self.missing: Counter = Counter()   # modality -> questions whose video lacks it
@@ -99,7 +100,7 @@ class QADataset(torch.utils.data.Dataset):
 
     def _store(self) -> FeatureStore:
         if self.store is None:
-            self.store = FeatureStore(self.root, expected_config_hash=self.config_hash)
+            self.store = FeatureStore(self.root, expected_hashes=self.hashes)
         return self.store
 
     def __getitem__(self, index: int) -> dict:
@@ -191,9 +192,12 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def open_store(cfg) -> FeatureStore:
-    """The run's feature store (`cfg.store`), refused unless it was written with `cfg.features`."""
-    return FeatureStore(cfg.store, expected_config_hash=config_hash(cfg.features))
+def open_store(cfg, modalities=None) -> FeatureStore:
+    """The run's feature store (`cfg.store`), refused unless each modality the model reads
+    (`modalities`, default `cfg.model.modalities`) was written with `cfg.features` (one hash per
+    modality: the store may hold more modalities than the model reads)."""
+    names = list(modalities if modalities is not None else cfg.model.modalities)
+    return FeatureStore(cfg.store, expected_hashes=modality_hashes(cfg.features, names))
 
 
 def feature_widths(store: FeatureStore) -> dict:

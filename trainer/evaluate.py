@@ -93,7 +93,7 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     device = pick_device(cfg.device)
     directory = checkpoint.resolve(cfg.ckpt, "best")
     model, prompt, state = load_for_eval(directory, device)
-    store = open_store(cfg)
+    store = open_store(cfg, model.modalities)
     if state.get("store_config_hash") not in (None, store.config_hash):
         log.warning("%s was trained on features %s, evaluating on %s", directory, state["store_config_hash"],
                     store.config_hash)

@@ -1,0 +1,131 @@
+"""The store across runs, through the real CLI and a real local Ray (slow): two batches into one
+OUT keep both, a modality added later is extracted alone and leaves the others' bytes, a
+transient failure is redone by the next run by itself, a permanent one only with
+store.retry_failed=true, and a second writer is refused while the first holds the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.store import LOCK, FeatureStore, read_marker
+from media import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+def extract(folder: Path, out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts/extract.py"), "dataset=videos", f"dataset.path={folder}", f"out={out}",
+           "ray.num_cpus=2", "features.decode.num_frames_stored=4", "store.shard_size=1", "max_failed_fraction=0.9",
+           "+features.decode.decoder=faults:flaky_decode", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"extract failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def shard_bytes(root: Path, vid: str) -> dict[str, bytes]:
+    """Every file of the shard that holds `vid` (marker included), by path inside the shard."""
+    (shard,) = [m.parent for m in root.glob("*/*.zarr/_SUCCESS.json") if vid in read_marker(m.parent)["video_ids"]]
+    return {str(p.relative_to(shard)): p.read_bytes() for p in sorted(shard.rglob("*")) if p.is_file()}
+
+
+def report(root: Path) -> dict:
+    return json.loads((root / "report.json").read_text())
+
+
+def failures(root: Path) -> dict[str, dict]:
+    return {r["video_id"]: r for r in map(json.loads, (root / "failures.jsonl").read_text().splitlines())}
+
+
+def test_batches_added_modalities_and_retries_never_lose_finished_work(tmp_path):
+    b1, b2, out = tmp_path / "batch1", tmp_path / "batch2", tmp_path / "out"
+    for d in (b1, b2):
+        d.mkdir()
+    write_video(b1 / "good_a.mp4")
+    write_video(b1 / "flaky.mp4", step=3)
+    (b1 / "flaky.mp4.fail").write_text("")  # EIO while this exists (tests/faults.py)
+    (b1 / "list.txt").write_text("good_a.mp4\nflaky.mp4\nlate.mp4\n")  # late.mp4 is not there yet
+    write_video(b2 / "good_b.mp4", step=4)
+    root = out / "videos"
+
+    # 1. batch 1, rgb only: a transient failure (EIO) and a permanent one (file not found)
+    extract(b1 / "list.txt", out, "features.modalities=[rgb]")
+    rows = failures(root)
+    assert rows["flaky.mp4"].get("transient") is True and "Input/output error" in rows["flaky.mp4"]["reason"]
+    assert "transient" not in rows["late.mp4"] and "not found" in rows["late.mp4"]["reason"]
+    good_a = shard_bytes(root, "good_a.mp4")
+
+    # 2. batch 2 into the same OUT: added, batch 1 untouched
+    extract(b2, out, "features.modalities=[rgb]")
+    assert FeatureStore(root).video_ids == ["good_a.mp4", "good_b.mp4"]
+    assert report(root)["run"]["shards_written"] == 1 and report(root)["store_shards"] == 4
+    assert shard_bytes(root, "good_a.mp4") == good_a
+
+    # 3. batch 1 again with audio added; the EIO is gone, late.mp4 appeared
+    (b1 / "flaky.mp4.fail").unlink()
+    write_video(b1 / "late.mp4", step=5)
+    extract(b1 / "list.txt", out, "features.modalities=[rgb,audio]")
+    run = report(root)["run"]
+    assert run["work"] == {"add audio": 1, "retry": 1}  # late.mp4 is not retried without the flag
+    assert run["videos_decoded"] == 2  # good_a for its audio, flaky redone
+    assert "encoder" not in run["stage_seconds"] or run["stage_seconds"].keys() >= {"encoder", "audio"}
+    fs = FeatureStore(root)
+    assert fs.video_ids == ["flaky.mp4", "good_a.mp4", "good_b.mp4"]
+    assert fs.has("good_a.mp4", "audio") and fs.has("flaky.mp4", "audio") and not fs.has("good_b.mp4", "audio")
+    assert {k: v for k, v in shard_bytes(root, "good_a.mp4").items() if k.startswith("rgb")} == \
+        {k: v for k, v in good_a.items() if k.startswith("rgb")}  # rgb bytes as they were
+    assert set(failures(root)) == {"late.mp4"}
+
+    # 4. store.retry_failed=true redoes the permanent failure
+    extract(b1 / "list.txt", out, "features.modalities=[rgb,audio]", "store.retry_failed=true")
+    assert report(root)["run"]["work"] == {"retry": 1} and report(root)["videos_ok"] == 3
+    assert not (root / "failures.jsonl").read_text().strip()
+
+    # the same features as one clean run over all four videos at once
+    everything = tmp_path / "all"
+    everything.mkdir()
+    for p in [*b1.glob("*.mp4"), *b2.glob("*.mp4")]:
+        shutil.copy(p, everything / p.name)
+    extract(everything, tmp_path / "clean", "features.modalities=[rgb,audio]")
+    clean, fs = FeatureStore(tmp_path / "clean" / "videos"), FeatureStore(root)
+    for vid in ["flaky.mp4", "good_a.mp4", "late.mp4"]:
+        for m in ("rgb", "audio", "frame_indices"):
+            np.testing.assert_array_equal(fs.get(vid, m), clean.get(vid, m), err_msg=f"{vid} {m}")
+    np.testing.assert_array_equal(fs.get("good_b.mp4", "rgb"), clean.get("good_b.mp4", "rgb"))
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
+    folder, out = tmp_path / "v", tmp_path / "out"
+    folder.mkdir()
+    write_video(folder / "a.mp4")
+    (out / "videos").mkdir(parents=True)
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", f"import faults; faults.hold_lease("
+                               f"{str(out / 'videos')!r}, {str(ready)!r})"], env={**ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+    try:
+        for _ in range(300):
+            if ready.exists():
+                break
+            time.sleep(0.1)
+        proc = extract(folder, out, "features.modalities=[rgb]", check=False)
+        assert proc.returncode != 0
+        assert "being written by another run" in proc.stderr and f"pid {holder.pid}" in proc.stderr
+        assert not list((out / "videos").glob("*/*.zarr"))  # refused before touching the store
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        extract(folder, out, "features.modalities=[rgb]")  # the dead holder's lease is taken over
+        assert FeatureStore(out / "videos").video_ids == ["a.mp4"] and not (out / "videos" / LOCK).exists()
+    finally:
+        holder.kill()
