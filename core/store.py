@@ -218,12 +218,17 @@ class FeatureStore:
             self._arrays[(shard_dir, key)] = handle
         return handle
 
-    def get(self, video_id: str, modality: str) -> np.ndarray:
-        """One video's array for ``modality``; KeyError if that modality is missing for it."""
+    def get(self, video_id: str, modality: str, frames=None) -> np.ndarray:
+        """One video's array for ``modality`` (only the stored frames ``frames``, in that order,
+        when given: frame modalities are chunked per frame, so only those are read); KeyError if
+        that modality is missing for the video."""
         shard_dir, row = self._locate(video_id)
         if modality not in ("frame_indices", "timestamps") and not self.has(video_id, modality):
             raise KeyError(f"video {video_id!r} has no {modality!r} features (see {self.root / FAILURES})")
-        return self._array(shard_dir, modality)[row]
+        array = self._array(shard_dir, modality)
+        if frames is None:
+            return array[row]
+        return array.get_orthogonal_selection((row, np.asarray(frames, dtype=np.int64)))
 
     def read(self, video_id: str, modalities: Iterable[str]) -> dict[str, np.ndarray | None]:
         """Several modalities at once; a missing one comes back as None (the caller's policy decides)."""

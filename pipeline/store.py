@@ -19,7 +19,9 @@ from typing import Iterable
 import numpy as np
 import zarr
 
-from core.modalities import STORE_KEYS
+from core.modalities import MODALITIES, STORE_KEYS
+
+FRAME_KEYS = frozenset(k for row in MODALITIES.values() if row.kind == "frame" for k in row.store_keys)
 from core.features import combined_hash
 from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest,
                         read_marker, read_store_meta, registry)
@@ -126,8 +128,10 @@ def _stack_key(videos: list[dict], key: str) -> tuple[np.ndarray | None, list[bo
     return out, present
 
 
-def _create(group: zarr.Group, name: str, data: np.ndarray, compression: str) -> None:
-    chunks = (1, *data.shape[1:]) if data.ndim else ()
+def _create(group: zarr.Group, name: str, data: np.ndarray, compression: str, *, per_frame: bool = False) -> None:
+    """One array, all of it in one Zarr shard file; inner chunks of one video, or of one frame of
+    one video for frame modalities (`per_frame`: the trainer reads the T frames it samples, not all F)."""
+    chunks = ((1, 1, *data.shape[2:]) if per_frame and data.ndim >= 3 else (1, *data.shape[1:])) if data.ndim else ()
     compressors = None if compression == "none" else "auto"
     group.create_array(
         name, data=data, chunks=chunks if data.shape[0] else "auto",
@@ -167,7 +171,7 @@ def write_shard(
     present: dict[str, list[bool]] = {}
 
     def put(name: str, data: np.ndarray) -> None:
-        _create(group, name, data, compression)
+        _create(group, name, data, compression, per_frame=name in FRAME_KEYS)
         arrays[name] = {"shape": list(data.shape), "dtype": str(data.dtype), "sha256": array_digest(data)}
 
     if ok:

@@ -126,20 +126,23 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
 def test_store_from_another_config_is_refused(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from core.features import config_hash
+    from core.features import modality_hashes
 
-    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}"]
-    run_extract(*data, "features.modalities=[rgb]")
+    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
+            "features.modalities=[rgb]"]
+    run_extract(*data)
     root = tmp_path / "o" / "demo"
+    changed = "features.extractors.encoder.seed=1"  # another rgb encoder (its random weights)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        mine = compose(config_name="extract", overrides=[*COMMON, *data, "features.modalities=[rgb]"])
-        other = compose(config_name="extract", overrides=[*COMMON, *data, "features.modalities=[rgb,depth]"])
-    assert FeatureStore(root, expected_config_hash=config_hash(mine.features)).video_ids
+        mine = modality_hashes(compose(config_name="extract", overrides=[*COMMON, *data]).features)
+        other = modality_hashes(compose(config_name="extract", overrides=[*COMMON, *data, changed]).features)
+    assert mine["rgb"] != other["rgb"]
+    assert FeatureStore(root, expected_hashes=mine).video_ids
     with pytest.raises(StoreMismatchError) as err:
-        FeatureStore(root, expected_config_hash=config_hash(other.features))
-    assert config_hash(mine.features) in str(err.value) and config_hash(other.features) in str(err.value)
-    proc = run_extract(*data, "features.modalities=[rgb,depth]", check=False)
-    assert proc.returncode != 0 and config_hash(other.features) in proc.stderr + proc.stdout
+        FeatureStore(root, expected_hashes=other)
+    assert mine["rgb"] in str(err.value) and other["rgb"] in str(err.value)
+    proc = run_extract(*data, changed, check=False)
+    assert proc.returncode != 0 and other["rgb"] in proc.stderr + proc.stdout and "store.overwrite=true" in proc.stderr
 
 
 @pytest.mark.parametrize("modality, command, key", [

@@ -58,12 +58,18 @@ def test_roundtrip_masks_and_metadata(store):
         fs.get("zzz", "rgb")
 
 
-def test_arrays_are_zarr_v3_sharded_one_chunk_per_video(store):
-    root, spec, *_ = store
-    meta = json.loads((root / spec.relpath() / "rgb" / "zarr.json").read_text())
-    assert meta["zarr_format"] == 3 and meta["shape"] == [2, 4, 5, 6]
-    codec = meta["codecs"][0]
-    assert codec["name"] == "sharding_indexed" and codec["configuration"]["chunk_shape"] == [1, 4, 5, 6]
+def test_arrays_are_zarr_v3_sharded_frame_modalities_one_chunk_per_frame(store):
+    root, spec, videos, _ = store
+    chunk_shape = {}
+    for key in ("rgb", "audio"):
+        meta = json.loads((root / spec.relpath() / key / "zarr.json").read_text())
+        assert meta["zarr_format"] == 3 and meta["codecs"][0]["name"] == "sharding_indexed"
+        chunk_shape[key] = meta["codecs"][0]["configuration"]["chunk_shape"]
+    # a frame modality: one chunk per frame of a video (a reader of T frames reads T chunks); a clip: per video
+    assert chunk_shape == {"rgb": [1, 1, 5, 6], "audio": [1, 2, 3, 4]}
+    fs = FeatureStore(root)
+    frames = [3, 0, 0]  # any order, repeats allowed (the trainer's sampling)
+    np.testing.assert_array_equal(fs.get("a", "rgb", frames=frames), videos[0]["features"]["rgb"][frames])
 
 
 def test_marker_is_required_and_checked(store):

@@ -108,17 +108,19 @@ class QADataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.data.seed, self.epoch, index]) if self.train else None
         store = self._store()
         present = {m: store.has(r.video_id, m) for m in self.modalities}
-        arrays = {m: store.get(r.video_id, m) if present[m] else None for m in self.modalities}
-        stored = {m: a.shape[0] for m, a in arrays.items() if m in FRAME and a is not None}
+        stored = {m: store.modalities[m]["shape"][0] for m in self.modalities if m in FRAME and present[m]}
         if len(set(stored.values())) > 1:
             raise ValueError(f"video {r.video_id}: frame modalities hold different numbers of stored frames "
                              f"{stored}; they must share frame indices (re-extract this video)")
         frames = sample_frames(next(iter(stored.values())), self.num_frames, rng) if stored else None
+        # frame modalities: only the sampled frames are read (the store chunks them per frame)
+        arrays = {m: (store.get(r.video_id, m, frames=frames) if m in FRAME else store.get(r.video_id, m))
+                  if present[m] else None for m in self.modalities}
         feats, extra = {}, {}
         for m, arr in arrays.items():
             shape = store.modalities[m]["shape"]
             if m in FRAME:
-                feats[m] = arr[frames] if arr is not None else np.zeros((self.num_frames, *shape[1:]), np.float16)
+                feats[m] = arr if arr is not None else np.zeros((self.num_frames, *shape[1:]), np.float16)
             elif kind(m) == "points" and arr is not None:
                 keep = sample_points(arr.shape[0], self.data.max_points, rng)
                 feats[m], extra["xyz"] = arr[keep], store.get(r.video_id, get(m).store_keys[1])[keep]  # its voxel xyz
