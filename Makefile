@@ -17,9 +17,9 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval params export import verify test test-fast bench preview submit clean
+.PHONY: help setup data extract train eval params export import verify test test-fast bench preview submit slurm-local clean
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
 
 $(STAMP): pyproject.toml uv.lock scripts/setup.sh
@@ -69,6 +69,9 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 submit:  ## submit extraction to a running Ray cluster: make submit DATASET=nextqa RAY_ADDRESS=http://head:8265
 	.venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . -- \
 	  python scripts/extract.py $(HYDRA_COMMON) ray.address=auto $(ARGS)
+
+slurm-local:  ## a single-host Slurm on this machine (Debian/Ubuntu, root) to try scripts/slurm_extract.sbatch: ARGS=--stop stops it
+	bash scripts/slurm_local.sh $(ARGS)
 
 clean:  ## remove outputs (features, logs, checkpoints); keeps .venv
 	rm -rf outputs bench/tmp
