@@ -140,7 +140,7 @@ def plan_work(root: Path, shards, registry: dict, requested: list[str], *, retry
         missing = tuple(m for m in requested if m not in marker["hashes"])
         retry = _retry_ids(marker, retry_failed) & listed
         ok = set(marker["ok"])
-        if not missing and not retry:
+        if (not missing or not ok) and not retry:  # nothing to add to a shard whose videos all failed
             work.done += 1
         elif not missing:  # redo those videos with every requested modality; the rest is carried over
             work.full.append((spec, entries, shard_dir, set(spec.video_ids) - retry))
