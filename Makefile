@@ -7,6 +7,9 @@ DATA     ?=
 ARGS     ?=
 FORMAT   ?= h5
 RAY_ADDRESS ?= http://127.0.0.1:8265
+# make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
+CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
+SUBMIT_FLAGS ?=
 
 PY    := .venv/bin/python
 STAMP := .venv/.crema-setup
@@ -66,9 +69,16 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	$(PY) scripts/bench_flow.py
 	@if [ -f scripts/bench_train.py ]; then $(PY) scripts/bench_train.py; fi
 
-submit:  ## submit extraction to a running Ray cluster: make submit DATASET=nextqa RAY_ADDRESS=http://head:8265
-	.venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . -- \
-	  python scripts/extract.py $(HYDRA_COMMON) ray.address=auto $(ARGS)
+# Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they
+# must be on a filesystem every node mounts at the same path); nothing is installed on the cluster.
+SUBMIT_DATASET = dataset=$(DATASET) \
+  $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(abspath $(DATA)),dataset.root=$(abspath $(DATA))))
+submit:  ## submit extraction to a running Ray cluster: make submit DATASET=nextqa RAY_ADDRESS=http://head:8265 OUT=/shared/feats
+	@test -x .venv/bin/ray || { echo "error: no .venv/bin/ray here: run make setup first (it only needs the ray CLI)" >&2; exit 2; }
+	@echo "submit: OUT=$(abspath $(OUT)) and data under $(if $(DATA),$(abspath $(DATA)),$(abspath $(or $(CREMA_DATA),data))): paths every node must see"
+	.venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . --runtime-env scripts/ray_job.yaml $(SUBMIT_FLAGS) -- \
+	  env CREMA_DATA=$(abspath $(or $(CREMA_DATA),data)) sh scripts/ray_job.sh $(CLUSTER_PYTHON) \
+	  $(SUBMIT_DATASET) features=$(FEATURES) out=$(abspath $(OUT)) ray.address=auto $(ARGS)
 
 slurm-local:  ## a single-host Slurm on this machine (Debian/Ubuntu, root) to try scripts/slurm_extract.sbatch: ARGS=--stop stops it
 	bash scripts/slurm_local.sh $(ARGS)

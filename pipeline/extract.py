@@ -51,7 +51,9 @@ def start_ray(ray_cfg: dict) -> None:
     else:
         for attempt in (1, 2):  # a busy machine can miss Ray's start-up deadline once
             try:
-                ray.init(num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"),
+                # address="local": a new instance even where a `ray start` on this machine left its
+                # address in /tmp/ray (ray.init() would attach to that cluster instead)
+                ray.init(address="local", num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"),
                          include_dashboard=False, log_to_driver=True)
                 break
             except Exception as exc:

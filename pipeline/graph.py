@@ -32,6 +32,11 @@ DEFAULT_TIMEOUT_S = 300.0   # per video; features.decode.resources.timeout_s
 # Finite retries for every actor pool (Ray Data's default is -1: forever): a lost node or a
 # crashed actor is retried this often, then the error stops the run instead of stalling it.
 DEFAULT_RETRIES = 3
+# Task retries are spent faster: while a lost node is not yet declared dead (Ray's health checks,
+# ~15-25 s by default), a task sent to its actors fails at once and is retried with a backoff of
+# 0.1 s doubling to 5 s. 12 retries wait ~36 s in all, long enough for the actor to be restarted
+# elsewhere; a crashing actor is still bounded by max_restarts.
+DEFAULT_TASK_RETRIES = 12
 
 
 def _dump(payload: dict) -> bytes:
@@ -148,7 +153,17 @@ def _timed(name: str, fn, payload: dict) -> dict:
     t0 = time.perf_counter()
     payload = fn(payload)
     payload["timings"][name] = payload["timings"].get(name, 0.0) + time.perf_counter() - t0
+    payload.setdefault("nodes", {})[name] = _node()
     return payload
+
+
+def _node() -> dict | None:
+    """The Ray node this process runs on (id + IP, for the marker's `nodes`); None outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
 class ExtractorStage:
@@ -239,8 +254,10 @@ class ShardWriterStage:
                         v["failed"]["transient"] = True
             timings = dict(payload["timings"])
             spec = ShardSpec(payload["shard_id"], payload["split"], tuple(v["video_id"] for v in payload["videos"]))
+            nodes = {**payload.get("nodes", {}), "write": _node()}
             marker = write_shard(self.root, spec, payload["videos"], hashes=hashes,
-                                 compression=self.compression, store_raw_maps=self.raw_maps, timings=timings)
+                                 compression=self.compression, store_raw_maps=self.raw_maps, timings=timings,
+                                 nodes=nodes)
             marker["timings"]["write"] = time.perf_counter() - t0
             marker["videos_decoded"] = payload.get("decoded", 0)
             markers.append(json.dumps(marker))
@@ -254,7 +271,7 @@ def _resources(cfg: dict | None) -> dict:
     res = dict(cfg or {})
     out = {"num_cpus": float(res.get("num_cpus", 1)), "compute": ActorPoolStrategy(size=int(res.get("concurrency", 1))),
            "max_restarts": int(res.get("max_restarts", DEFAULT_RETRIES)),
-           "max_task_retries": int(res.get("max_task_retries", DEFAULT_RETRIES))}
+           "max_task_retries": int(res.get("max_task_retries", DEFAULT_TASK_RETRIES))}
     if res.get("num_gpus"):
         out["num_gpus"] = float(res["num_gpus"])
     return out

@@ -48,3 +48,13 @@ def hold_lease(root, ready):
     Path(ready).write_text(str(os.getpid()))
     while not lease.lost.is_set():
         time.sleep(0.5)
+
+
+SLOW_DECODE_S = 1.5
+
+
+def slow_decode(path, cfg, start=None, end=None):
+    """The real decoder, SLOW_DECODE_S later: stretches a small run so that a test can act while
+    it is under way (tests/test_cluster_e2e.py kills a node mid-run). The output is unchanged."""
+    time.sleep(SLOW_DECODE_S)
+    return decode_video(path, cfg, start, end)

@@ -1,0 +1,160 @@
+"""`make submit` against a real two-node Ray cluster on this machine (tests/cluster.py): the job
+runs on both nodes and writes the same bytes as a local run; losing the worker node mid-run
+costs nothing (slow).
+
+All runs share one config, so their stores must be byte-identical: the demo at 12 videos, one
+video per shard, and a decoder that sleeps before decoding (tests/faults.py:slow_decode) so that
+the node can be killed while shards are still in flight. The output does not depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import LocalCluster
+from core.store import MARKER, collect_markers
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+N_VIDEOS = 12
+CONFIG = [f"dataset.num_videos={N_VIDEOS}", "store.shard_size=1", "features.decode.num_frames_stored=4",
+          "+features.decode.decoder=faults:slow_decode"]
+# Logical CPUs per node (the machine has 2 cores): the tiny preset's eight pools need 2 in all, so
+# the head alone can hold every pool (the job survives losing the worker) and SPREAD has room to
+# put some on each node.
+NUM_CPUS = {"head": 4, "w1": 4}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalCluster(num_cpus=NUM_CPUS).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tmp_path_factory.mktemp("cluster") / "demo"
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """The same config extracted by a local Ray (scripts/extract.py): what the cluster must match."""
+    out = tmp_path_factory.mktemp("local")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/extract.py"), "dataset=demo", f"dataset.root={data}",
+                           f"out={out}", "ray.num_cpus=2", *CONFIG],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out / "demo"
+
+
+def submit_cmd(cluster: LocalCluster, out: Path, data: Path, submission_id: str) -> list[str]:
+    """`make submit` as a user types it (relative paths become absolute in the Makefile)."""
+    return ["make", "--no-print-directory", "-C", str(ROOT), "submit", "DATASET=demo",
+            f"RAY_ADDRESS={cluster.dashboard_url}", f"OUT={out}", f"DATA={data}", f"ARGS={' '.join(CONFIG)}",
+            f"SUBMIT_FLAGS=--submission-id={submission_id}"]
+
+
+def store_files(root: Path) -> dict[str, str]:
+    """sha256 of every file of every shard (array chunks, array and group zarr.json), markers aside:
+    'the same store'. A marker differs by its timings and nodes only."""
+    out = {}
+    for path in sorted(root.glob("*/*.zarr/**/*")):
+        if path.is_file() and path.name != MARKER:
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def job_status(cluster: LocalCluster, submission_id: str) -> str:
+    return cluster.api(f"/api/jobs/{submission_id}")["status"]
+
+
+def nodes_used(markers: dict) -> dict[str, set[str]]:
+    """node id -> the stages that ran there, over every shard's marker."""
+    used: dict[str, set[str]] = {}
+    for marker in markers.values():
+        for stage, node in marker["nodes"].items():
+            used.setdefault(node["node_id"], set()).add(stage)
+    return used
+
+
+def check_store(root: Path, reference: Path) -> dict:
+    """Every expected shard present and valid, each video in exactly one shard, and the bytes of
+    the local run; returns the markers."""
+    ref_hash = json.loads((reference / "store.json").read_text())["config_hash"]
+    markers = collect_markers(root, config_hash=ref_hash)
+    assert sorted(markers) == sorted(collect_markers(reference, config_hash=ref_hash))
+    videos = [v for m in markers.values() for v in m["video_ids"]]
+    assert sorted(videos) == sorted(set(videos)) and len(videos) == N_VIDEOS
+    assert all(m["ok"] == m["video_ids"] for m in markers.values())
+    assert store_files(root) == store_files(reference)
+    return markers
+
+
+def test_make_submit_runs_on_both_nodes_and_matches_a_local_run(cluster, reference, data, tmp_path):
+    ids = cluster.node_ids()
+    assert set(ids) == {"head", "w1"}, ids
+    out = tmp_path / "out"
+    t0 = time.time()
+    proc = subprocess.run(submit_cmd(cluster, out, data, "crema-e2e-clean"), env=cluster.env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    assert job_status(cluster, "crema-e2e-clean") == "SUCCEEDED"
+    print(f"make submit: {time.time() - t0:.0f} s")
+    markers = check_store(out / "demo", reference)
+    used = nodes_used(markers)
+    assert set(used) == set(ids.values()), f"stages per node: {used}, nodes: {ids}"
+    report = json.loads((out / "demo" / "report.json").read_text())
+    assert report["videos_ok"] == N_VIDEOS and report["run"]["shards_written"] == N_VIDEOS
+
+
+def test_losing_the_worker_node_mid_run_loses_no_shard(cluster, reference, data, tmp_path):
+    ids = cluster.node_ids()
+    assert set(ids) == {"head", "w1"}, f"the worker node must be up to be lost: {ids}"
+    root = tmp_path / "out" / "demo"
+    sid = "crema-e2e-node-loss"
+    log = tmp_path / "submit.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(submit_cmd(cluster, tmp_path / "out", data, sid), env=cluster.env(),
+                                stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 600
+            while time.time() < deadline and proc.poll() is None and not list(root.glob(f"*/*.zarr/{MARKER}")):
+                time.sleep(0.2)
+            done = len(list(root.glob(f"*/*.zarr/{MARKER}")))
+            assert proc.poll() is None and job_status(cluster, sid) == "RUNNING", log.read_text()[-4000:]
+            assert 1 <= done < N_VIDEOS, f"{done} shards written when the node was to be lost"
+            raylet = cluster.raylet("w1")
+            raylet.kill()  # kill -9: the node is gone (its `ray start --block` stops the rest of it)
+            killed_at = time.time()
+            rc = proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 0, text[-6000:]
+    assert job_status(cluster, sid) == "SUCCEEDED"
+    assert set(cluster.node_ids()) == {"head"}, "the worker node was not lost"
+    left = [int(n) for n in re.findall(r"There are (\d+) retries remaining", text)]
+    print(f"worker lost after {done}/{N_VIDEOS} shards; the job finished {time.time() - killed_at:.0f} s later; "
+          f"fewest task retries left: {min(left) if left else 'none spent'}")
+    markers = check_store(root, reference)
+    after = [m for m in markers.values() if m["written_at"] > killed_at + 1]
+    assert after, "no shard was written after the node was lost"
+    for m in after:  # written by the head's writer (earlier stages may have run on the worker)
+        assert m["nodes"]["write"]["node_id"] == ids["head"], m["nodes"]
+    report = json.loads((root / "report.json").read_text())
+    assert report["videos_ok"] == N_VIDEOS and report["shards_done"] == N_VIDEOS
