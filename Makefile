@@ -67,6 +67,7 @@ test-fast: $(STAMP)  ## tests without the slow end-to-end ones
 bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmarks.md)
 	$(PY) scripts/bench.py $(ARGS)
 	$(PY) scripts/bench_flow.py
+	$(PY) scripts/bench_decode.py
 	@if [ -f scripts/bench_train.py ]; then $(PY) scripts/bench_train.py; fi
 
 # Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they

@@ -1,12 +1,38 @@
-"""Decode a video ONCE: segment-sampled RGB frames (+ the next frame of each, for flow) and 16 kHz audio.
+"""Decode a video ONCE: time-sampled RGB frames (+ the next frame of each, for flow) and 16 kHz audio.
 
 decord is tried first; PyAV (which bundles its own FFmpeg) decodes what decord rejects. A folder of
 images is accepted as a video too (multi-view scenes such as SQA3D's). Every failure is a
 `DecodeError` with a reason a user can act on.
+
+What a decode costs is what it keeps (`decode.version: 2` in conf/features/*.yaml):
+
+* Size: frames come out of the decoder at their stored size (the longer side at most
+  `max_side`, `target_size`), so a 4K video never holds full-size RGB frames. decord is asked for
+  that size (its scaler); PyAV reformats each kept frame to it (swscale, bilinear: the closest of
+  swscale's filters to decord's output). The codec's own reference frames stay at source size.
+* Rotation: the display matrix (phone videos' `rotate`) is applied, so frames are stored upright.
+  PyAV reads it from the first decoded frame (`VideoFrame.rotation`) and turns each kept frame
+  with `np.rot90`. decord 0.6 turns frames itself (its FFmpeg's `rotate` tag, in its filter
+  graph) but returns garbage for a quarter turn unless given an explicit size, and fails on some
+  sizes: it is given the upright size, and its first frame of a turned video is checked against
+  PyAV's (a mismatch hands the video to PyAV). Flips in the matrix are ignored.
+* Time: frames are chosen by presentation time, so variable-frame-rate videos are sampled evenly
+  in time (`sample_by_time`): the k-th of `count` frames is the frame ON SCREEN at the middle of
+  the k-th of `count` equal time segments of [start, end) (the latest frame whose time is at or
+  before it). For a constant frame rate this is exactly the old segment midpoint index
+  (`segment_indices`). `timestamps` are the kept frames' own presentation times, in seconds from
+  the video stream's start.
+* The PyAV fallback streams: it reads the packet timeline (no decoding), then decodes from the
+  keyframe before each wanted frame (seeking when a keyframe lies between the current position
+  and the next wanted frame, decoding straight on otherwise) and converts only the wanted frames.
+* Audio is decoded once (PyAV, seeking to the span; decord only if PyAV fails), mono at the
+  extractor's rate; a trimmed clip keeps only its span [start, end) on the video's clock (an
+  untrimmed video keeps its whole track).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +41,17 @@ import cv2
 import numpy as np
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DECODE_VERSION = 2  # decode.version: 2 = size, rotation and time sampling as described above
+# swscale filter for PyAV's resize: of swscale's filters, the closest to what decord returns.
+PYAV_INTERPOLATION = "BILINEAR"
+# A wanted time within this fraction of the mean frame interval after a frame's time counts as
+# that frame's (decord's float32 timestamps, float rounding of segment midpoints that fall on a frame).
+TIME_TOLERANCE = 0.01
+DECORD_CHUNK = 2  # frames per decord get_batch call: a stored frame and its next one (bounds the copy)
+
+# What the PyAV decoder did in this process (tests read it): frames decoded, frames converted to
+# RGB arrays (only the kept ones), seeks.
+pyav_stats = {"decoded": 0, "converted": 0, "seeks": 0}
 
 
 class DecodeError(RuntimeError):
@@ -29,6 +66,13 @@ class DecodeConfig:
     audio_sr: int = 16000
     image_fps: float = 3.0  # frame rate assumed for folders of images
     streams: tuple[str, ...] = ()  # sensor-stream modalities to decode beside the RGB video
+    version: int = DECODE_VERSION  # what decoding means (see the module doc); hashed with the rest
+
+    def __post_init__(self):
+        if self.version != DECODE_VERSION:
+            raise ValueError(f"features.decode.version {self.version} is not available: this code decodes as "
+                             f"version {DECODE_VERSION} (pipeline/decode.py); a store made with another version "
+                             "cannot be extended, make a new one")
 
     @classmethod
     def from_cfg(cls, cfg) -> "DecodeConfig":
@@ -39,57 +83,282 @@ class DecodeConfig:
 
 
 def segment_indices(num_frames: int, count: int, start: int | None = None, end: int | None = None) -> np.ndarray:
-    """Midpoints of ``count`` equal segments of frames [start, end): the stored frame indices.
+    """Midpoints of ``count`` equal segments of frames [start, end): the stored frame indices of a
+    constant-frame-rate video (and of a folder of images).
 
     Deterministic (the trainer re-samples among stored frames at train time). Shorter videos
     repeat frames rather than fail.
     """
-    lo = 0 if start is None else max(0, int(start))
-    hi = num_frames if end is None else min(num_frames, int(end))
-    if hi <= lo:
-        raise DecodeError(f"empty frame range [{lo}, {hi}) in a video of {num_frames} frames")
+    lo, hi = _frame_range(num_frames, start, end)
     edges = np.linspace(lo, hi, count + 1)
     return np.clip(((edges[:-1] + edges[1:]) / 2).astype(np.int64), lo, hi - 1)
 
 
+def _frame_range(num_frames: int, start, end) -> tuple[int, int]:
+    lo = 0 if start is None else max(0, int(start))
+    hi = num_frames if end is None else min(num_frames, int(end))
+    if hi <= lo:
+        raise DecodeError(f"empty frame range [{lo}, {hi}) in a video of {num_frames} frames")
+    return lo, hi
+
+
+def sample_by_time(times: np.ndarray, count: int, start: int | None = None, end: int | None = None,
+                   fps: float = 0.0) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The stored frames of a video whose frames are shown at `times` (seconds, presentation order).
+
+    [start, end) (source frame numbers, as in the manifest) becomes the time span
+    [times[start], times[end]) (the last frame lasts one mean frame interval); the k-th stored frame
+    is the one on screen at the middle of the k-th of `count` equal parts of that span: the latest
+    frame whose time is at or before it. Returns (frame indices, (span start, span end) seconds).
+    Timestamps that are not finite or not in order fall back to `segment_indices`.
+    """
+    times = np.asarray(times, np.float64)
+    n = len(times)
+    lo, hi = _frame_range(n, start, end)
+    if not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0) or (n > 1 and times[-1] <= times[0]):
+        return segment_indices(n, count, start, end), ((lo / fps, hi / fps) if fps > 0 else None)
+    dt = float(times[-1] - times[0]) / (n - 1) if n > 1 else 0.0
+    if dt <= 0:
+        dt = 1.0
+    t_lo = float(times[lo])
+    t_hi = float(times[hi]) if hi < n else float(times[-1]) + dt
+    edges = np.linspace(t_lo, t_hi, count + 1)
+    wanted = (edges[:-1] + edges[1:]) / 2
+    idx = np.searchsorted(times, wanted + TIME_TOLERANCE * dt, side="right") - 1
+    return np.clip(idx, lo, hi - 1).astype(np.int64), (t_lo, t_hi)
+
+
+def target_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) a frame of (width, height) is stored at: the longer side at most `max_side`."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _resize(frames: np.ndarray, max_side: int | None) -> np.ndarray:
-    if not max_side or max(frames.shape[1:3]) <= max_side:
-        return frames
+    """A safety net (image folders; a decoder that returned more than asked): cap the longer side."""
     h, w = frames.shape[1:3]
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = target_size(w, h, max_side)
+    if size == (w, h):
+        return frames
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
 
 
+def _quarter_turns(rotation: float | None) -> int:
+    """Counter-clockwise quarter turns (np.rot90's k) for a display rotation in degrees."""
+    return round((rotation or 0) / 90.0) % 4
+
+
 def _next_indices(idx: np.ndarray, num_frames: int) -> np.ndarray | None:
-    # Segment midpoints only reach the last frame when more frames are stored than the video
-    # has; that frame is paired with itself (zero flow) rather than with a frame behind it.
+    # Stored frames only reach the last frame when more frames are stored than the video has (or
+    # the span ends there); that frame is paired with itself (zero flow) rather than with one behind it.
     if num_frames < 2:
         return None
     return np.minimum(idx + 1, num_frames - 1)
 
 
-def _decode_decord(path: str, cfg: DecodeConfig, start, end) -> dict:
+def _groups(idx: np.ndarray, n: int) -> list[np.ndarray]:
+    nxt = _next_indices(idx, n)
+    return [idx] if nxt is None else [idx, nxt]
+
+
+# ---------------------------------------------------------------------------------------- decord
+
+
+def _probe(path: str, max_side: int | None = None) -> tuple[int, int, int, np.ndarray | None]:
+    """(width, height, quarter turns, upright first frame) of the first video stream,
+    from its first decoded frame (PyAV: the display matrix reaches the frame, not the stream
+    object). The upright first frame, at the stored size, only for a turned video."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            turns = _quarter_turns(frame.rotation)
+            return frame.width, frame.height, turns, _render(frame, turns, max_side) if turns else None
+    raise DecodeError("no decodable video frames")
+
+
+def _render(frame, turns: int, max_side: int | None) -> np.ndarray:
+    """A PyAV frame as uint8 RGB [H, W, 3]: resized to its stored size, then turned upright."""
+    upright = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+    w, h = target_size(*upright, max_side)
+    img = frame.reformat(width=h if turns % 2 else w, height=w if turns % 2 else h, format="rgb24",
+                         interpolation=PYAV_INTERPOLATION).to_ndarray()
+    pyav_stats["converted"] += 1
+    return np.rot90(img, turns) if turns else img
+
+
+def _stream_start(stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def _decord_reader(path: str, max_side: int | None):
+    """A decord VideoReader that returns frames upright at their stored size (see the module doc).
+
+    decord 0.6 turns frames by the `rotate` tag itself; a turned video is checked on its first
+    frame against PyAV's upright one, and refused (so PyAV decodes it) if decord's frame is closer
+    to the unturned picture or has another shape (decord fails on some sizes of turned video)."""
     import decord
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    kwargs, turns, ref = {}, None, None
+    try:
+        width, height, turns, ref = _probe(path, max_side)
+    except Exception:  # PyAV cannot read it: let decord try at source size (resized afterwards)
+        pass
+    if turns is not None:
+        upright = (height, width) if turns % 2 else (width, height)
+        size = target_size(*upright, max_side)
+        if size != upright or turns % 2:
+            kwargs = {"width": size[0], "height": size[1]}
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **kwargs)
+    if ref is not None:
+        got = vr.get_batch([0]).asnumpy()[0].astype(np.int16)
+        if got.shape != ref.shape:
+            raise DecodeError(f"decord returns {got.shape[:2]} frames for this turned video, not {ref.shape[:2]}")
+        unturned = np.rot90(ref, -turns)
+        if turns % 2:  # what decord would return had it not turned the picture: squeezed to the size asked
+            unturned = cv2.resize(np.ascontiguousarray(unturned), ref.shape[1::-1], interpolation=cv2.INTER_AREA)
+        if np.abs(got - ref).mean() > np.abs(got - unturned).mean():
+            raise DecodeError("decord did not apply this video's rotation")
+    return vr
+
+
+def _gather_decord(vr, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """The frames at each group's indices, each distinct frame decoded once, a few at a time."""
+    want = np.unique(np.concatenate(groups))
+    outs: list[np.ndarray] | None = None
+    for k in range(0, len(want), DECORD_CHUNK):
+        chunk = want[k : k + DECORD_CHUNK]
+        batch = vr.get_batch(chunk.tolist()).asnumpy()
+        if outs is None:
+            outs = [np.empty((len(g),) + batch.shape[1:], np.uint8) for g in groups]
+        for j, i in enumerate(chunk):
+            for g, out in zip(groups, outs):
+                out[g == i] = batch[j]
+        del batch
+    return outs
+
+
+def _decord_times(vr) -> np.ndarray:
+    return vr.get_frame_timestamp(np.arange(len(vr)).tolist())[:, 0].astype(np.float64)
+
+
+def _decode_decord(path: str, cfg: DecodeConfig, start, end) -> dict:
+    vr = _decord_reader(path, cfg.max_side)
     n = len(vr)
     if n == 0:
         raise DecodeError("no decodable video frames")
-    idx = segment_indices(n, cfg.num_frames_stored, start, end)
-    nxt = _next_indices(idx, n)
-    want = np.unique(np.concatenate([idx, nxt if nxt is not None else idx]))
-    batch = vr.get_batch(want.tolist()).asnumpy()
-    pos = {int(i): k for k, i in enumerate(want)}
-    frames = batch[[pos[int(i)] for i in idx]]
-    next_frames = batch[[pos[int(i)] for i in nxt]] if nxt is not None else None
-    ts = vr.get_frame_timestamp(idx.tolist())[:, 0].astype(np.float64)
-    return {"frames": frames, "next_frames": next_frames, "frame_indices": idx, "timestamps": ts,
-            "fps": float(vr.get_avg_fps()), "num_frames": n, "decoder": "decord"}
+    times, fps = _decord_times(vr), float(vr.get_avg_fps())
+    idx, span = sample_by_time(times, cfg.num_frames_stored, start, end, fps)
+    outs = _gather_decord(vr, _groups(idx, n))
+    return {"frames": outs[0], "next_frames": outs[1] if len(outs) > 1 else None, "frame_indices": idx,
+            "timestamps": times[idx], "fps": fps, "num_frames": n, "decoder": "decord", "span": span}
 
 
-def _pyav_frames(path: str) -> tuple[list[np.ndarray], list[float], float]:
-    """Every RGB frame of the first video stream, its time (seconds) and the stream's fps."""
+# ------------------------------------------------------------------------------------------ PyAV
+
+
+class _SeekFailed(Exception):
+    """A seek landed after the frame it was for (a container without a usable index)."""
+
+
+def _pyav_timeline(container, stream) -> tuple[list, list]:
+    """Every video packet's presentation time and the keyframes' ones, from the demuxer alone."""
+    pts, keys = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream flush packet
+            continue
+        pts.append(packet.pts)
+        if packet.is_keyframe and packet.pts is not None:
+            keys.append(packet.pts)
+    return pts, sorted(keys)
+
+
+class _Slots:
+    """Preallocated outputs: `groups` (arrays of wanted keys) -> uint8 [len, H, W, 3] each, filled
+    as the decoder passes each wanted frame, which is resized, turned upright and converted once."""
+
+    def __init__(self, groups: list[np.ndarray], max_side: int | None):
+        self.groups, self.max_side = groups, max_side
+        self.outs: list[np.ndarray] | None = None
+        self.turns: int | None = None
+
+    def fill(self, frame, keys) -> None:
+        if self.turns is None:
+            self.turns = _quarter_turns(frame.rotation)
+        img = _render(frame, self.turns, self.max_side)
+        if self.outs is None:
+            self.outs = [np.empty((len(g),) + img.shape, np.uint8) for g in self.groups]
+        for g, out in zip(self.groups, self.outs):
+            mask = np.isin(g, keys)
+            if mask.any():
+                out[mask] = img
+
+
+def _key_before(keys: list[int], t: int) -> int | None:
+    k = bisect.bisect_right(keys, t) - 1
+    return keys[k] if k >= 0 else None
+
+
+def _pyav_decode(path: str, wanted: list[int], keys: list[int] | None, slots: _Slots, by_pts: bool) -> None:
+    """Decode the first video stream of `path`, filling `slots` with the frames at `wanted` (sorted
+    presentation times, or output ordinals when not `by_pts`). A wanted frame the decoder does not
+    return is replaced by the next one it returns (the last one at the end of the stream).
+
+    With `keys` (keyframe times) it seeks to the keyframe at or before the next wanted frame
+    whenever that keyframe lies beyond the frames decoded so far, and decodes straight on
+    otherwise; without, it decodes from the start. Raises `_SeekFailed` when a seek lands after
+    its frame or a frame has no timestamp (the caller then retries without seeking / by order).
+    """
+    import av
+
+    i, last = 0, None
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        seek_to = None
+        while i < len(wanted):
+            if keys:
+                seek_to = _key_before(keys, wanted[i])
+                if seek_to is not None:
+                    container.seek(int(seek_to), stream=stream)  # lands on the keyframe at or before it
+                    pyav_stats["seeks"] += 1
+            fresh, reseek = True, False
+            for ordinal, frame in enumerate(container.decode(stream)):
+                pyav_stats["decoded"] += 1
+                key = frame.pts if by_pts else ordinal
+                if key is None:
+                    raise _SeekFailed("a decoded frame has no timestamp")
+                if fresh and seek_to is not None and seek_to > keys[0] and key > wanted[i]:
+                    raise _SeekFailed(f"a seek to {seek_to} landed at {key}, after {wanted[i]}")
+                fresh, last, hits = False, frame, []
+                while i < len(wanted) and wanted[i] <= key:
+                    hits.append(wanted[i])
+                    i += 1
+                if hits:
+                    slots.fill(frame, hits)
+                if i == len(wanted):
+                    break
+                if keys:
+                    nxt = _key_before(keys, wanted[i])
+                    if nxt is not None and nxt > key and (seek_to is None or nxt > seek_to):
+                        reseek = True  # a keyframe lies between here and the next wanted frame
+                        break
+            if not reseek:
+                break
+        if i < len(wanted):
+            if last is None:
+                raise DecodeError("no decodable video frames")
+            slots.fill(last, wanted[i:])
+
+
+def _pyav_gather(path: str, max_side: int | None, choose) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """Decode only the frames `choose(times, n, fps) -> (groups of frame indices, extra)` picks.
+
+    Returns (one uint8 [len, H, W, 3] array per group, every frame's time, info)."""
     import av
 
     with av.open(path) as container:
@@ -97,24 +366,46 @@ def _pyav_frames(path: str) -> tuple[list[np.ndarray], list[float], float]:
             raise DecodeError("no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        frames, times = [], []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(float(frame.time) if frame.time is not None else len(times) / max(fps, 1e-6))
-    if not frames:
+        tb, start = stream.time_base, stream.start_time
+        pts, keys = _pyav_timeline(container, stream)
+    n = len(pts)
+    if n == 0:
         raise DecodeError("no decodable video frames")
-    return frames, times, fps
+    by_pts = all(p is not None for p in pts)
+    if by_pts:
+        order = np.sort(np.asarray(pts, np.int64))
+        origin = start if start is not None else int(order[0])
+        times = (order - origin).astype(np.float64) * tb.numerator / tb.denominator
+        modes = [(keys, True), (None, True), (None, False)]  # seek; decode through; count frames
+    else:  # no timestamps in the packets: frames are counted as the decoder returns them
+        order = np.arange(n)
+        times = np.arange(n) / (fps or 1.0)
+        modes = [(None, False)]
+    groups, extra = choose(times, n, fps)
+    for mode_keys, mode_pts in modes:
+        labels = [order[g] if mode_pts else g for g in groups]
+        slots = _Slots(labels, max_side)
+        try:
+            _pyav_decode(path, sorted({int(x) for g in labels for x in g}), mode_keys, slots, mode_pts)
+            break
+        except _SeekFailed:
+            continue
+    return slots.outs, times, {"fps": fps, "num_frames": n, "extra": extra}
 
 
 def _decode_pyav(path: str, cfg: DecodeConfig, start, end) -> dict:
-    frames, times, fps = _pyav_frames(path)
-    n = len(frames)
-    idx = segment_indices(n, cfg.num_frames_stored, start, end)
-    nxt = _next_indices(idx, n)
-    return {"frames": np.stack([frames[i] for i in idx]),
-            "next_frames": np.stack([frames[i] for i in nxt]) if nxt is not None else None,
-            "frame_indices": idx, "timestamps": np.asarray([times[i] for i in idx], np.float64),
-            "fps": fps, "num_frames": n, "decoder": "pyav"}
+    def choose(times, n, fps):
+        idx, span = sample_by_time(times, cfg.num_frames_stored, start, end, fps)
+        return _groups(idx, n), (idx, span)
+
+    outs, times, info = _pyav_gather(path, cfg.max_side, choose)
+    idx, span = info["extra"]
+    return {"frames": outs[0], "next_frames": outs[1] if len(outs) > 1 else None, "frame_indices": idx,
+            "timestamps": times[idx], "fps": info["fps"], "num_frames": info["num_frames"], "decoder": "pyav",
+            "span": span}
+
+
+# ------------------------------------------------------------------------------- images and audio
 
 
 def _decode_images(folder: Path, cfg: DecodeConfig, start, end) -> dict:
@@ -139,42 +430,63 @@ def _decode_images(folder: Path, cfg: DecodeConfig, start, end) -> dict:
             "decoder": "images"}
 
 
-def _audio_decord(path: str, sr: int) -> np.ndarray:
-    import decord
-
-    ar = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=sr, mono=True)
-    return ar[:].asnumpy().reshape(-1).astype(np.float32)
-
-
-def _audio_pyav(path: str, sr: int) -> np.ndarray | None:
+def _audio_pyav(path: str, sr: int, span: tuple[float, float] | None) -> np.ndarray | None:
+    """Mono float32 at `sr`; with `span` (seconds on the video stream's clock), that part only."""
     import av
 
     with av.open(path) as container:
         if not container.streams.audio:
             return None
+        stream = container.streams.audio[0]
+        t0 = t1 = None
+        if span is not None:
+            video = container.streams.video[0] if container.streams.video else None
+            offset = _stream_start(video) if video is not None else 0.0
+            t0, t1 = span[0] + offset, span[1] + offset
+            if t0 > _stream_start(stream):
+                container.seek(int(t0 / stream.time_base), stream=stream)  # the audio frame at or before t0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-        chunks = []
-        for frame in container.decode(container.streams.audio[0]):
+        chunks, first = [], None
+        for frame in container.decode(stream):
+            if t1 is not None and frame.time is not None and frame.time >= t1:
+                break
+            if first is None:
+                first = frame.time
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if t0 is not None:
+        skip = max(0, round((t0 - (first if first is not None else t0)) * sr))
+        audio = audio[skip : skip + max(0, round((t1 - t0) * sr))]
+    return audio
 
 
-def decode_audio(path: str, sr: int) -> tuple[np.ndarray | None, str | None]:
-    """16 kHz mono float32 audio, or (None, reason) when the file has no usable audio."""
+def _audio_decord(path: str, sr: int, span: tuple[float, float] | None) -> np.ndarray:
+    import decord
+
+    ar = decord.AudioReader(path, ctx=decord.cpu(0), sample_rate=sr, mono=True)
+    audio = ar[:].asnumpy().reshape(-1).astype(np.float32)
+    if span is not None:  # decord's clock starts at the stream's start, as the video's does
+        audio = audio[max(0, round(span[0] * sr)) : max(0, round(span[1] * sr))]
+    return audio
+
+
+def decode_audio(path: str, sr: int, span: tuple[float, float] | None = None) -> tuple[np.ndarray | None, str | None]:
+    """Mono float32 audio at `sr` (of [span) seconds on the video's clock when given), or
+    (None, reason) when the file has no usable audio. Decoded once by PyAV; decord if PyAV fails."""
     try:
-        audio = _audio_decord(path, sr)
-    except Exception:  # decord raises on audio-less files; PyAV tells the two cases apart
+        audio = _audio_pyav(path, sr, span)
+    except Exception as first:
         try:
-            audio = _audio_pyav(path, sr)
-        except Exception as exc:
-            return None, f"audio undecodable: {exc}"
-        if audio is None:
-            return None, "no audio stream"
+            audio = _audio_decord(path, sr, span)
+        except Exception:
+            return None, f"audio undecodable: {_short(first)}"
+    if audio is None:
+        return None, "no audio stream"
     if audio.size == 0:
-        return None, "audio stream is empty"
+        return None, "audio stream is empty" if span is None else "no audio in the clip's time span"
     return audio, None
 
 
@@ -196,12 +508,20 @@ def decode_video(path: str, cfg: DecodeConfig, start: int | None = None, end: in
                 out = _decode_pyav(str(p), cfg, start, end)
             except Exception as second:
                 raise DecodeError(f"undecodable video (decord: {_short(first)}; PyAV: {_short(second)})") from None
-        out["audio"], note = decode_audio(str(p), cfg.audio_sr) if cfg.audio else (None, "audio not requested")
+        span = out.pop("span")
+        trimmed = start is not None or end is not None
+        if cfg.audio:
+            out["audio"], note = decode_audio(str(p), cfg.audio_sr, span if trimmed else None)
+        else:
+            out["audio"], note = None, "audio not requested"
         out.update(audio_sr=cfg.audio_sr, audio_note=note)
     out["frames"] = _resize(out["frames"], cfg.max_side)
     if out["next_frames"] is not None:
         out["next_frames"] = _resize(out["next_frames"], cfg.max_side)
     return out
+
+
+# -------------------------------------------------------------------------------- sensor streams
 
 
 def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -212,19 +532,16 @@ def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(np.abs(times[left] - wanted) <= np.abs(times[right] - wanted), left, right).astype(np.int64)
 
 
-def _stream_decord(path: str, timestamps: np.ndarray) -> np.ndarray:
-    import decord
-
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+def _stream_decord(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
+    vr = _decord_reader(path, max_side)
     if len(vr) == 0:
         raise DecodeError("no decodable video frames")
-    idx = nearest_frames(vr.get_frame_timestamp(list(range(len(vr))))[:, 0], timestamps)
-    return vr.get_batch(idx.tolist()).asnumpy()
+    return _gather_decord(vr, [nearest_frames(_decord_times(vr), timestamps)])[0]
 
 
-def _stream_pyav(path: str, timestamps: np.ndarray) -> np.ndarray:
-    frames, times, _ = _pyav_frames(path)
-    return np.stack([frames[i] for i in nearest_frames(np.asarray(times), timestamps)])
+def _stream_pyav(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
+    outs, _, _ = _pyav_gather(path, max_side, lambda times, n, fps: ([nearest_frames(times, timestamps)], None))
+    return outs[0]
 
 
 def decode_stream(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -236,10 +553,10 @@ def decode_stream(path: str, timestamps: np.ndarray, max_side: int | None) -> np
     if os.path.getsize(p) == 0:
         raise DecodeError(f"empty file (0 bytes): {path}")
     try:
-        frames = _stream_decord(str(p), np.asarray(timestamps, np.float64))
+        frames = _stream_decord(str(p), np.asarray(timestamps, np.float64), max_side)
     except Exception as first:
         try:
-            frames = _stream_pyav(str(p), np.asarray(timestamps, np.float64))
+            frames = _stream_pyav(str(p), np.asarray(timestamps, np.float64), max_side)
         except Exception as second:
             raise DecodeError(f"undecodable video (decord: {_short(first)}; PyAV: {_short(second)})") from None
     return _resize(frames, max_side)

@@ -179,7 +179,8 @@ class ExtractorStage:
         from omegaconf import OmegaConf
 
         self.name = name
-        threads = max(1, int((cfg.get("resources") or {}).get("num_cpus", 1)))
+        cpus = (cfg.get("resources") or {}).get("num_cpus", 1)
+        threads = max(1, int(cpus)) if isinstance(cpus, (int, float)) else 1  # `auto` not fitted (outside a run)
         try:
             import torch
 
