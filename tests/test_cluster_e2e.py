@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cluster import LocalCluster
-from core.store import MARKER, collect_markers
+from core.store import MARKER, collect_markers, read_store_meta, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -94,9 +94,10 @@ def nodes_used(markers: dict) -> dict[str, set[str]]:
 def check_store(root: Path, reference: Path) -> dict:
     """Every expected shard present and valid, each video in exactly one shard, and the bytes of
     the local run; returns the markers."""
-    ref_hash = json.loads((reference / "store.json").read_text())["config_hash"]
-    markers = collect_markers(root, config_hash=ref_hash)
-    assert sorted(markers) == sorted(collect_markers(reference, config_hash=ref_hash))
+    hashes = registry(read_store_meta(reference))
+    assert registry(read_store_meta(root)) == hashes
+    markers = collect_markers(root, hashes=hashes)
+    assert sorted(markers) == sorted(collect_markers(reference, hashes=hashes))
     videos = [v for m in markers.values() for v in m["video_ids"]]
     assert sorted(videos) == sorted(set(videos)) and len(videos) == N_VIDEOS
     assert all(m["ok"] == m["video_ids"] for m in markers.values())
