@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from core.features import config_hash
+from core.features import modality_hashes
 from core.store import FeatureStore
 from extractors.pointcloud import sample_voxels, video_seed
 from media import write_video
@@ -72,7 +72,7 @@ def test_sqa3d_point_clouds_come_from_3dllm_files_and_fall_back_without_them(tmp
     assert (root / "failures.jsonl").read_text() == ""
 
     # the trainer's composition of the same features node opens the store (same hash)
-    fs = FeatureStore(root, expected_config_hash=config_hash(compose_app("train", f"dataset.root={data}").features))
+    fs = FeatureStore(root, expected_hashes=modality_hashes(compose_app("train", f"dataset.root={data}").features))
     for scene, n in POINTS.items():
         feats = torch.load(data / "voxelized_features_sam_nonzero_preprocess" / f"{scene}.pt", weights_only=True)
         coords = np.load(data / "voxelized_voxels_sam_nonzero_preprocess" / f"{scene}.npy")
