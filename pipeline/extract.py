@@ -19,7 +19,7 @@ from core.util import find_error, to_plain
 from pipeline.lease import StoreLease
 from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
-from pipeline.resources import describe, fit_resources
+from pipeline.resources import describe, fit_resources, stage_nodes
 from pipeline.store import init_store, recover_replaced, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
@@ -77,22 +77,16 @@ def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool)
     On a local Ray that is an error with the arithmetic spelled out; on a cluster (which may
     autoscale) it is a warning.
     """
-    stages = {"decode": features["decode"].get("resources") or {},
-              **{n: e.get("resources") or {} for n, e in features["extractors"].items()},
-              "writer": store_cfg.get("resources") or {}}
     need = {"CPU": 0.0, "GPU": 0.0}
-    parts = []
-    for name, res in stages.items():
+    for res in stage_nodes(features, store_cfg).values():
         n = int(res.get("concurrency", 1))
-        cpu, gpu = float(res.get("num_cpus", 1)) * n, float(res.get("num_gpus") or 0) * n
-        need["CPU"] += cpu
-        need["GPU"] += gpu
-        parts.append(f"{name} {n}x{float(res.get('num_cpus', 1)):g}" + (f"+{float(res['num_gpus']):g}GPU" if gpu else ""))
+        need["CPU"] += float(res.get("num_cpus", 1)) * n
+        need["GPU"] += float(res.get("num_gpus") or 0) * n
     short = [k for k in need if need[k] > have.get(k, 0.0) + 1e-9]
     if not short:
         return
     msg = (f"the stages' actor pools need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray cluster has "
-           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs ({', '.join(parts)}). Lower some stages' "
+           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs ({describe(features, store_cfg)}). Lower some stages' "
            f"resources, e.g. ARGS=\"features.extractors.depth.resources.num_cpus=0.5\", or use more machines.")
     if local:
         raise ExtractError(msg)

@@ -29,18 +29,18 @@ def read_manifest(root: Path) -> list[ShardSpec]:
     """
     path = Path(root) / MANIFEST
     specs: dict[str, ShardSpec] = {}
-    if path.exists():
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                spec = ShardSpec(row["shard_id"], row["split"], tuple(row["video_ids"]))
-            except (ValueError, KeyError, TypeError):
-                if n == len(path.read_text().splitlines()):
-                    continue  # a torn last line from a crash mid-append: that shard was never started
-                raise ValueError(f"{path} line {n} is not a shard record; the manifest is damaged") from None
-            specs[spec.relpath()] = spec
+    lines = path.read_text().splitlines() if path.exists() else []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            spec = ShardSpec(row["shard_id"], row["split"], tuple(row["video_ids"]))
+        except (ValueError, KeyError, TypeError):
+            if n == len(lines):
+                continue  # a torn last line from a crash mid-append: that shard was never started
+            raise ValueError(f"{path} line {n} is not a shard record; the manifest is damaged") from None
+        specs[spec.relpath()] = spec
     for marker_path in sorted(Path(root).glob("*/*.zarr/_SUCCESS.json")):
         marker = read_marker(marker_path.parent)
         if marker and f"{marker['split']}/{marker['shard_id']}.zarr" not in specs:

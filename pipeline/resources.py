@@ -112,7 +112,7 @@ def fit_resources(features: dict, store_cfg: dict, have: dict) -> tuple[dict, di
 def describe(features: dict, store_cfg: dict) -> str:
     """One line: each stage's pool as actors x (CPUs + GPUs)."""
     parts = []
-    for name, res in stage_nodes(copy.deepcopy(features), copy.deepcopy(store_cfg)).items():
+    for name, res in stage_nodes(features, store_cfg).items():
         gpu = float(res.get("num_gpus") or 0)
         parts.append(f"{name} {res.get('concurrency', 1)}x{float(res.get('num_cpus', 1)):g}" + (f"+{gpu:g}GPU" if gpu else ""))
     return ", ".join(parts)

@@ -267,13 +267,16 @@ def load_base(base_dir: Path, videos: list[dict], *, pass_keys: set[str], pass_s
                 v["failed"] = failed.get(vid) or {"stage": "extract", "reason": "not in the shard it was carried from"}
             continue
         row, info = rows[vid], info_by_video[vid]
+
+        def take_decode_fields() -> None:  # what decoding gave this video, as the shard holds it
+            v.update(fps=info.get("fps", 0.0), num_frames=info.get("num_frames", 0), decoder=info.get("decoder"),
+                     size=info.get("size"), frame_indices=np.asarray(group["frame_indices"][row]),
+                     timestamps=np.asarray(group["timestamps"][row]))
+
         if carry:
             keys = set(STORE_KEYS)
-            v.update(failed=None, errors=list(info.get("errors", [])), model_meta=dict(info.get("model_meta", {})),
-                     fps=info.get("fps", 0.0), num_frames=info.get("num_frames", 0), decoder=info.get("decoder"),
-                     size=info.get("size"))
-            v["frame_indices"] = np.asarray(group["frame_indices"][row])
-            v["timestamps"] = np.asarray(group["timestamps"][row])
+            take_decode_fields()
+            v.update(failed=None, errors=list(info.get("errors", [])), model_meta=dict(info.get("model_meta", {})))
         else:
             keys = set(STORE_KEYS) - pass_keys
             if v.get("failed"):  # this pass could not redo it: keep the shard's row, list the failure
@@ -281,10 +284,7 @@ def load_base(base_dir: Path, videos: list[dict], *, pass_keys: set[str], pass_s
                                                        f"{', '.join(sorted(pass_keys))}; the rest kept)"}]
                 v["failed"] = None
                 keys = set(STORE_KEYS)
-                v["frame_indices"] = np.asarray(group["frame_indices"][row])
-                v["timestamps"] = np.asarray(group["timestamps"][row])
-                v.update(fps=info.get("fps", 0.0), num_frames=info.get("num_frames", 0), decoder=info.get("decoder"),
-                         size=info.get("size"))
+                take_decode_fields()
             kept = [e for e in info.get("errors", []) if e.get("stage") not in pass_stages]
             v["errors"] = kept + v.get("errors", [])
             v["model_meta"] = {**info.get("model_meta", {}), **v.get("model_meta", {})}
