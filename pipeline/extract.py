@@ -19,7 +19,8 @@ from core.util import find_error, to_plain
 from pipeline.lease import StoreLease
 from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
-from pipeline.resources import describe, fit_resources, stage_nodes
+from pipeline.resources import (CPU_ONLY_NOTE, choose_plan, describe, describe_fused, fit_fused, fit_resources,
+                                 stage_nodes, wants_gpu)
 from pipeline.store import init_store, recover_replaced, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
@@ -93,6 +94,20 @@ def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool)
     log.warning("%s Waiting for the cluster to scale.", msg)
 
 
+def check_fused(fused: dict, have: dict, *, local: bool) -> None:
+    """The fused plan's one pool must fit too (numbers given by hand may not)."""
+    n = int(fused["concurrency"])
+    need = {"CPU": float(fused["num_cpus"]) * n, "GPU": float(fused["num_gpus"]) * n}
+    if all(need[k] <= have.get(k, 0.0) + 1e-9 for k in need):
+        return
+    msg = (f"the fused plan's {n} actors need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray cluster has "
+           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs. Lower plan.fused.num_cpus/num_gpus/"
+           f"concurrency (or leave them auto), or use more machines.")
+    if local:
+        raise ExtractError(msg)
+    log.warning("%s Waiting for the cluster to scale.", msg)
+
+
 @dataclass
 class Work:
     """What a run does to the store: passes of (modalities, jobs), and what it must leave."""
@@ -152,6 +167,13 @@ def plan_work(root: Path, shards, registry: dict, requested: list[str], *, retry
     return work
 
 
+def hop_bytes(hops: list[dict]) -> dict:
+    """Array bytes each stage handed on, per shard written by this run: mean and max over shards."""
+    stages = list(dict.fromkeys(k for h in hops for k in h))
+    return {"mean": {k: int(sum(h.get(k, 0) for h in hops) / len(hops)) for k in stages},
+            "max": {k: max(h.get(k, 0) for h in hops) for k in stages}} if hops else {}
+
+
 def _translated(rows):
     """Iterate the graph's output, turning a user-fixable failure inside Ray into an ExtractError."""
     try:
@@ -172,13 +194,25 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
     import ray
 
     have = ray.cluster_resources()
-    features, store_cfg, notes = fit_resources(features, store_cfg, have)
-    for note in notes:
-        (log.warning if note.startswith("no GPU") else log.info)("%s", note)
-    log.info("actor pools: %s", describe(features, store_cfg))
-    check_resources(features, store_cfg, have, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
+    plan_cfg = to_plain(cfg.get("plan")) or {}
+    plan, why = choose_plan(plan_cfg.get("mode", "auto"), features, store_cfg, have)
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    fused = None
+    if plan == "fused":
+        fused = fit_fused(plan_cfg.get("fused") or {}, features, have, shards=len(jobs))
+        log.info("plan: fused (%s): %s", why, describe_fused(fused))
+        if not fused["num_gpus"] and any(wants_gpu(n, r) for n, r in stage_nodes(features, store_cfg).items()):
+            log.warning("no GPU in the Ray cluster: %s", CPU_ONLY_NOTE)
+        check_fused(fused, have, local=local)
+    else:
+        features, store_cfg, notes = fit_resources(features, store_cfg, have)
+        for note in notes:
+            (log.warning if note.startswith("no GPU") else log.info)("%s", note)
+        log.info("plan: stages (%s): %s", why, describe(features, store_cfg))
+        check_resources(features, store_cfg, have, local=local)
+    totals["plan"] = plan
     ds = build_dataset(jobs, features, root=root, hashes=hashes, store_cfg=store_cfg,
-                       decode_resources=features["decode"].get("resources"))
+                       decode_resources=features["decode"].get("resources"), plan=plan, fused=fused)
     with tqdm(total=len(jobs), unit="shard", desc=label, dynamic_ncols=True) as bar:
         for row in _translated(ds.iter_rows()):
             lease.check()
@@ -186,6 +220,8 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
             totals["ok"] += len(marker["ok"])
             totals["failed"] += len(marker["failed"])
             totals["decoded"] += marker["videos_decoded"]
+            totals["hops"].append(marker.get("hops") or {})
+            totals.setdefault("first_shard_s", time.time() - totals["t0"])
             for stage, sec in marker["timings"].items():
                 totals["stages"][stage] = totals["stages"].get(stage, 0.0) + sec
             bar.set_postfix(videos_ok=totals["ok"], failed=totals["failed"])
@@ -223,7 +259,7 @@ def run_extract(cfg) -> dict:
             log.warning("%d shards also hold videos this dataset does not list and are not complete (e.g. %s); "
                         "a run over the dataset that lists them finishes them", len(work.waiting),
                         work.waiting[0].relpath())
-        totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}}
+        totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}, "hops": [], "t0": t0}
         if work.full:
             _run_pass(f"extract {index.name}", work.full, features, hashes, root=root, store_cfg=store_cfg,
                       cfg=cfg, lease=lease, totals=totals)
@@ -237,6 +273,8 @@ def run_extract(cfg) -> dict:
                "shards_waiting": len(work.waiting), "work": dict(work.reasons), "wall_seconds": time.time() - t0,
                "videos_decoded": totals["decoded"],
                "stage_seconds": {k: round(v, 3) for k, v in totals["stages"].items()}, "preset": features.get("preset"),
+               "plan": totals.get("plan"), "first_shard_seconds": totals.get("first_shard_s"),
+               "bytes_per_hop": hop_bytes(totals["hops"]),
                "modalities_requested": requested}
         report = build_report(dataset=index.name, root=root, config_hash=combined_hash(registry), shards=shards,
                               markers=markers, failures=failures, run=run)

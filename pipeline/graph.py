@@ -3,8 +3,20 @@
 Each row of the Ray dataset is one output shard: ``{"shard_id": str, "payload": bytes}``, the
 payload being the pickled shard dict of core.schema. A shard therefore flows through every
 stage as one unit and is written by exactly one writer call, while different shards stream
-through the actor pools concurrently (memory is bounded by the shards in flight, not by the
+through the actors concurrently (memory is bounded by the shards in flight, not by the
 dataset). Weights load in the actors' constructors, never on the driver.
+
+Two plans map the same stages onto actors (pipeline.resources.choose_plan picks one):
+
+- ``stages``: one actor pool per stage (decode, each extractor, the writer); a shard hops from
+  pool to pool. For clusters, where each stage gets its own CPUs or GPUs.
+- ``fused``: N actors, each running the whole chain for a shard in one process (no hops, one
+  copy of each model per actor). For small machines and a single shared GPU, where per-stage
+  pools would only share the same cores.
+
+Both write the same store bytes. The payload shrinks as it goes in either plan: after each
+stage, the fields no later stage reads leave it (``drop_plan``), and each stage records the
+payload's array bytes it hands on (the marker's ``hops``).
 """
 
 from __future__ import annotations
@@ -37,6 +49,63 @@ DEFAULT_RETRIES = 3
 # 0.1 s doubling to 5 s. 12 retries wait ~36 s in all, long enough for the actor to be restarted
 # elsewhere; a crashing actor is still bounded by max_restarts.
 DEFAULT_TASK_RETRIES = 12
+
+
+# What each extractor class reads from a video dict besides its own outputs ("maps.*": every map).
+# A class not listed is assumed to read everything, so nothing is dropped before it runs.
+READS = {
+    "extractors.depth.DepthExtractor": ("frames",),
+    "extractors.flow.FlowExtractor": ("frames", "next_frames"),
+    "extractors.normal.NormalExtractor": ("frames", "maps.depth"),
+    "extractors.encoder.EncoderExtractor": ("frames", "images.*"),
+    "extractors.pointcloud.PointCloudExtractor": ("maps.depth",),
+    "extractors.audio.AudioExtractor": ("audio",),
+}
+_ALL = ("*",)
+# Heavy fields that may leave a payload: top-level arrays, and the entries of maps/images.
+_TOP = ("frames", "next_frames", "audio")
+_NESTED = ("maps", "images")
+
+
+def _needed(field: str, reads) -> bool:
+    return any(r == "*" or r == field or (r.endswith(".*") and field.startswith(r[:-1])) for r in reads)
+
+
+def drop_plan(extractors: dict, *, raw_maps: bool) -> dict[str, tuple]:
+    """{stage: the reads of every stage after it (the writer included)}; after a stage, fields
+    none of those read leave the payload. The writer reads the maps only when it stores them."""
+    names = ["decode", *extractors]
+    reads = {n: READS.get(extractors[n].get("_target_"), _ALL) for n in extractors}
+    later_of, later = {}, ("maps.*",) if raw_maps else ()
+    for name in reversed(names):
+        later_of[name] = later
+        later = (*later, *reads.get(name, ()))
+    return later_of
+
+
+def shrink(payload: dict, later_reads) -> None:
+    """Drop from every video the heavy fields no later stage reads."""
+    for video in payload["videos"]:
+        for key in _TOP:
+            if key in video and not _needed(key, later_reads):
+                del video[key]
+        for group in _NESTED:
+            for key in list(video.get(group) or {}):
+                if not _needed(f"{group}.{key}", later_reads):
+                    del video[group][key]
+
+
+def payload_nbytes(payload: dict) -> int:
+    """The array bytes a payload carries (what a hop to the next stage moves)."""
+    def size(x) -> int:
+        if isinstance(x, np.ndarray):
+            return x.nbytes
+        if isinstance(x, dict):
+            return sum(size(v) for v in x.values())
+        if isinstance(x, (list, tuple)):
+            return sum(size(v) for v in x)
+        return 0
+    return sum(size(v) for v in payload["videos"])
 
 
 def _dump(payload: dict) -> bytes:
@@ -102,7 +171,8 @@ class DecodeStage:
 
     name = "decode"
 
-    def __init__(self, decode_cfg: dict):
+    def __init__(self, decode_cfg: dict, later_reads=_ALL):
+        self.later_reads = tuple(later_reads)
         self.cfg = DecodeConfig.from_cfg(decode_cfg)
         # `decoder` (a function path; the default, or a test's fault injector) is part of the
         # features hash when set; isolation and the time limit are runtime knobs (`resources`).
@@ -129,6 +199,7 @@ class DecodeStage:
             except Exception as exc:  # a decoder crash or hang is a per-video failure, not a run failure
                 video["failed"] = _entry("decode", exc)
             if not video["failed"]:
+                video["size"] = list(np.asarray(video["frames"]).shape[1:3])
                 self._streams(video)
         return payload
 
@@ -146,14 +217,18 @@ class DecodeStage:
                 video["errors"].append({**entry, "reason": f"{m} stream: {entry['reason']}"})
 
     def __call__(self, batch: dict) -> dict:
-        return _out([_timed(self.name, self.run, p) for p in _rows(batch)])
+        return _out([_timed(self.name, self.run, p, self.later_reads) for p in _rows(batch)])
 
 
-def _timed(name: str, fn, payload: dict) -> dict:
+def _timed(name: str, fn, payload: dict, later_reads=_ALL) -> dict:
+    """Run one stage on a payload: its time, its node, then the fields no later stage reads
+    leave and the bytes handed on are recorded (``hops``)."""
     t0 = time.perf_counter()
     payload = fn(payload)
     payload["timings"][name] = payload["timings"].get(name, 0.0) + time.perf_counter() - t0
     payload.setdefault("nodes", {})[name] = _node()
+    shrink(payload, later_reads)
+    payload.setdefault("hops", {})[name] = payload_nbytes(payload)
     return payload
 
 
@@ -174,19 +249,15 @@ class ExtractorStage:
     with the stage and the reason, and the partial outputs of the failing call are removed.
     """
 
-    def __init__(self, name: str, cfg: dict):
+    def __init__(self, name: str, cfg: dict, later_reads=_ALL, threads: int | None = None):
         from hydra.utils import get_class
         from omegaconf import OmegaConf
 
-        self.name = name
-        cpus = (cfg.get("resources") or {}).get("num_cpus", 1)
-        threads = max(1, int(cpus)) if isinstance(cpus, (int, float)) else 1  # `auto` not fitted (outside a run)
-        try:
-            import torch
-
-            torch.set_num_threads(threads)  # fractional CPUs per actor: do not oversubscribe the node
-        except ImportError:
-            pass
+        self.name, self.later_reads = name, tuple(later_reads)
+        if threads is None:
+            cpus = (cfg.get("resources") or {}).get("num_cpus", 1)
+            threads = max(1, int(cpus)) if isinstance(cpus, (int, float)) else 1  # `auto` not fitted (outside a run)
+        _set_threads(threads)
         # Ray keeps only the message of an error raised in an actor's constructor (ActorDiedError),
         # so a model that cannot be loaded is raised from the first call instead: a task error
         # keeps its type (RayTaskError.cause) and the driver catches it as ModelUnavailableError.
@@ -220,9 +291,22 @@ class ExtractorStage:
         return payload
 
     def __call__(self, batch: dict) -> dict:
+        return _out([self.timed(p) for p in _rows(batch)])
+
+    def timed(self, payload: dict) -> dict:
         if self.unavailable is not None:
             raise self.unavailable
-        return _out([_timed(self.name, self.run, p) for p in _rows(batch)])
+        return _timed(self.name, self.run, payload, self.later_reads)
+
+
+def _set_threads(threads: int) -> None:
+    """Torch threads of this actor = its CPUs (fractional CPUs: one): never oversubscribe the node."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    except ImportError:
+        pass
 
 
 class ShardWriterStage:
@@ -239,29 +323,53 @@ class ShardWriterStage:
         self.pass_keys, self.pass_stages = set(pass_keys), set(pass_stages)
 
     def __call__(self, batch: dict) -> dict:
+        return {"marker": np.array([self.write(p) for p in _rows(batch)], dtype=object)}
+
+    def write(self, payload: dict) -> str:
+        """Write one shard's payload; returns its marker as JSON."""
+        t0 = time.perf_counter()
+        hashes = dict(self.hashes)
+        if payload.get("base"):
+            base = load_base(Path(payload["base"]), payload["videos"], pass_keys=self.pass_keys,
+                             pass_stages=self.pass_stages)
+            hashes = {**base, **hashes}
+        for v in payload["videos"]:
+            if not v["failed"] and not v["features"]:
+                reasons = "; ".join(f"{e['stage']}: {e['reason']}" for e in v["errors"]) or "no stage ran"
+                v["failed"] = {"stage": "extract", "reason": f"no modality succeeded ({reasons})"}
+                if any(e.get("transient") for e in v["errors"]):
+                    v["failed"]["transient"] = True
+        timings = dict(payload["timings"])
+        spec = ShardSpec(payload["shard_id"], payload["split"], tuple(v["video_id"] for v in payload["videos"]))
+        nodes = {**payload.get("nodes", {}), "write": _node()}
+        marker = write_shard(self.root, spec, payload["videos"], hashes=hashes,
+                             compression=self.compression, store_raw_maps=self.raw_maps, timings=timings,
+                             nodes=nodes, hops=payload.get("hops"))
+        marker["timings"]["write"] = time.perf_counter() - t0
+        marker["videos_decoded"] = payload.get("decoded", 0)
+        return json.dumps(marker)
+
+
+class FusedStage:
+    """The fused plan's actor: decode -> every extractor -> write, for whole shards, in one process.
+
+    The stages are the same objects the per-stage pools run, called in the same order on the same
+    payload, so the store's bytes are the same; nothing is pickled between them.
+    """
+
+    def __init__(self, decode_cfg: dict, extractors: dict, writer: dict, drops: dict, threads: int):
+        _set_threads(threads)
+        self.decode = DecodeStage(decode_cfg, drops["decode"])
+        self.stages = [ExtractorStage(n, cfg, drops[n], threads=threads) for n, cfg in extractors.items()]
+        self.writer = ShardWriterStage(**writer)
+
+    def __call__(self, batch: dict) -> dict:
         markers = []
         for payload in _rows(batch):
-            t0 = time.perf_counter()
-            hashes = dict(self.hashes)
-            if payload.get("base"):
-                base = load_base(Path(payload["base"]), payload["videos"], pass_keys=self.pass_keys,
-                                 pass_stages=self.pass_stages)
-                hashes = {**base, **hashes}
-            for v in payload["videos"]:
-                if not v["failed"] and not v["features"]:
-                    reasons = "; ".join(f"{e['stage']}: {e['reason']}" for e in v["errors"]) or "no stage ran"
-                    v["failed"] = {"stage": "extract", "reason": f"no modality succeeded ({reasons})"}
-                    if any(e.get("transient") for e in v["errors"]):
-                        v["failed"]["transient"] = True
-            timings = dict(payload["timings"])
-            spec = ShardSpec(payload["shard_id"], payload["split"], tuple(v["video_id"] for v in payload["videos"]))
-            nodes = {**payload.get("nodes", {}), "write": _node()}
-            marker = write_shard(self.root, spec, payload["videos"], hashes=hashes,
-                                 compression=self.compression, store_raw_maps=self.raw_maps, timings=timings,
-                                 nodes=nodes)
-            marker["timings"]["write"] = time.perf_counter() - t0
-            marker["videos_decoded"] = payload.get("decoded", 0)
-            markers.append(json.dumps(marker))
+            payload = _timed(self.decode.name, self.decode.run, payload, self.decode.later_reads)
+            for stage in self.stages:
+                payload = stage.timed(payload)
+            markers.append(self.writer.write(payload))
         return {"marker": np.array(markers, dtype=object)}
 
 
@@ -278,11 +386,13 @@ def _resources(cfg: dict | None) -> dict:
     return out
 
 
-def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: dict, decode_resources: dict):
+def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: dict, decode_resources: dict,
+                  plan: str = "stages", fused: dict | None = None):
     """The lazy Ray dataset for one pass (nothing runs until it is consumed).
 
     ``jobs``: (spec, entries, base shard dir or None, ids carried whole from the base);
-    ``features``: the resolved config of the modalities this pass computes; ``hashes``: theirs.
+    ``features``: the resolved config of the modalities this pass computes; ``hashes``: theirs;
+    ``plan``: "stages" (a pool per stage) or "fused" (``fused``: the resources of its actors).
     """
     import ray.data
 
@@ -290,17 +400,25 @@ def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: 
               "payload": _dump(initial_payload(spec, entries, carry=carry, base=str(base) if base else None))}
              for spec, entries, base, carry in jobs]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(DecodeStage, fn_constructor_kwargs={"decode_cfg": features["decode"]}, batch_size=1,
-                        **_resources(decode_resources))
-    for name, ext in features["extractors"].items():
-        ds = ds.map_batches(ExtractorStage, fn_constructor_kwargs={"name": name, "cfg": ext}, batch_size=1,
-                            **_resources(ext.get("resources")))
+    raw_maps = bool(store_cfg.get("raw_maps", False))
+    drops = drop_plan(features["extractors"], raw_maps=raw_maps)
     pass_keys = [k for m in features["modalities"] for k in MODALITIES[m].store_keys]
-    return ds.map_batches(
-        ShardWriterStage,
-        fn_constructor_kwargs={"root": str(root), "hashes": hashes,
-                               "compression": store_cfg.get("compression", "auto"),
-                               "raw_maps": bool(store_cfg.get("raw_maps", False)),
-                               "pass_keys": pass_keys, "pass_stages": ["decode", "extract", *features["extractors"]]},
-        batch_size=1, **_resources(store_cfg.get("resources")),
-    )
+    writer = {"root": str(root), "hashes": hashes, "compression": store_cfg.get("compression", "auto"),
+              "raw_maps": raw_maps, "pass_keys": pass_keys,
+              "pass_stages": ["decode", "extract", *features["extractors"]]}
+    if plan == "fused":
+        res = dict(fused or {})
+        threads = max(1, int(float(res.get("num_cpus", 1))))
+        return ds.map_batches(FusedStage, fn_constructor_kwargs={
+            "decode_cfg": features["decode"], "extractors": features["extractors"], "writer": writer,
+            "drops": drops, "threads": threads}, batch_size=1, **_resources(res))
+    if plan != "stages":
+        raise ValueError(f"unknown plan {plan!r}: stages | fused")
+    ds = ds.map_batches(DecodeStage, fn_constructor_kwargs={"decode_cfg": features["decode"],
+                                                             "later_reads": drops["decode"]},
+                        batch_size=1, **_resources(decode_resources))
+    for name, ext in features["extractors"].items():
+        ds = ds.map_batches(ExtractorStage, fn_constructor_kwargs={"name": name, "cfg": ext, "later_reads": drops[name]},
+                            batch_size=1, **_resources(ext.get("resources")))
+    return ds.map_batches(ShardWriterStage, fn_constructor_kwargs=writer, batch_size=1,
+                          **_resources(store_cfg.get("resources")))

@@ -13,6 +13,12 @@ autos into numbers for the cluster's CPUs and GPUs:
   (decode first); with fewer CPUs than actors, the actors share them (fractions).
 
 So the full preset starts on a laptop, a 1-GPU workstation and a GPU cluster unchanged.
+
+Which plan (pipeline.graph): `plan.mode: auto` runs the per-stage pools where each stage actor can
+have at least one whole CPU and no GPU is shared between model stages (a cluster), and the fused
+plan otherwise (a laptop, a CI runner, one GPU for depth, flow and the encoder): N actors each
+running the whole chain, `fit_fused` sizing them (one CPU each without a GPU; with GPUs,
+`actors_per_gpu` actors per GPU, the CPUs split between them).
 """
 
 from __future__ import annotations
@@ -116,3 +122,63 @@ def describe(features: dict, store_cfg: dict) -> str:
         gpu = float(res.get("num_gpus") or 0)
         parts.append(f"{name} {res.get('concurrency', 1)}x{float(res.get('num_cpus', 1)):g}" + (f"+{gpu:g}GPU" if gpu else ""))
     return ", ".join(parts)
+
+
+PLANS = ("auto", "stages", "fused")
+
+
+def _num(value, default: float) -> float:
+    return default if _is_auto(value) else float(value)
+
+
+def choose_plan(mode: str, features: dict, store_cfg: dict, have: dict) -> tuple[str, str]:
+    """(plan, why) for ``mode`` (auto | stages | fused) on a cluster with ``have``; the config is the
+    resolved one before `fit_resources` (autos still autos)."""
+    mode = str(mode or "auto").lower()
+    if mode not in PLANS:
+        raise ValueError(f"plan.mode={mode!r}: expected one of {', '.join(PLANS)}")
+    if mode != "auto":
+        return mode, f"plan.mode={mode}"
+    nodes = stage_nodes(copy.deepcopy(features), copy.deepcopy(store_cfg))
+    cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+    need = sum(max(1.0, _num(r.get("num_cpus"), 1.0)) * max(1, int(_num(r.get("concurrency"), 1)))
+               for r in nodes.values())
+    gpu_stages = [n for n, r in nodes.items() if wants_gpu(n, r) or (not _is_auto(r.get("num_gpus"))
+                                                                     and float(r.get("num_gpus") or 0) > 0)]
+    if gpu_stages and 0 < gpus < len(gpu_stages):
+        return "fused", (f"{gpus:g} GPU(s) for {len(gpu_stages)} model stages ({', '.join(gpu_stages)}): each fused "
+                         f"actor runs them all on its share")
+    if cpus < need:
+        return "fused", (f"{len(nodes)} stage pools need {need:g} CPUs at one or more each and the cluster has "
+                         f"{cpus:g}: each fused actor runs every stage")
+    return "stages", f"{cpus:g} CPUs and {gpus:g} GPUs place every stage pool ({need:g} CPUs at one or more each)"
+
+
+def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int) -> dict:
+    """The fused actors' resources (num_cpus, num_gpus, concurrency; numbers win over auto) for a
+    cluster with ``have`` and a pass of ``shards`` shards (never more actors than shards)."""
+    res = {k: plan_cfg.get(k, AUTO) for k in KEYS}
+    cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+    nodes = {"decode": features["decode"].get("resources") or {},
+             **{n: e.get("resources") or {} for n, e in features["extractors"].items()}}
+    use_gpu = gpus >= 0.01 and any(wants_gpu(n, r) for n, r in nodes.items())
+    if _is_auto(res["num_gpus"]):
+        res["num_gpus"] = None if use_gpu else 0
+    if _is_auto(res["concurrency"]):
+        per_gpu = max(1, int(plan_cfg.get("actors_per_gpu", 2) or 1))
+        n = max(1, int(gpus * per_gpu)) if (res["num_gpus"] is None or float(res["num_gpus"] or 0) > 0) and use_gpu \
+            else max(1, int(cpus // max(_num(res["num_cpus"], 1.0), 0.01)))
+        res["concurrency"] = max(1, min(n, shards))
+    n = int(res["concurrency"])
+    if res["num_gpus"] is None:
+        res["num_gpus"] = 1 if gpus / n >= 1 else _floor(gpus / n)
+    if _is_auto(res["num_cpus"]):
+        # one CPU per actor without a GPU (more actors instead); with one, the CPUs split between them
+        res["num_cpus"] = _floor(cpus / n) if cpus < n else (int(cpus // n) if res["num_gpus"] else 1)
+    res["num_gpus"], res["num_cpus"] = float(res["num_gpus"] or 0), float(res["num_cpus"])
+    return {**res, **{k: plan_cfg[k] for k in ("max_restarts", "max_task_retries") if plan_cfg.get(k) is not None}}
+
+
+def describe_fused(res: dict) -> str:
+    gpu = float(res.get("num_gpus") or 0)
+    return f"fused {res['concurrency']}x{float(res['num_cpus']):g}" + (f"+{gpu:g}GPU" if gpu else "")

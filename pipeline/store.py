@@ -149,6 +149,7 @@ def write_shard(
     store_raw_maps: bool = False,
     timings: dict | None = None,
     nodes: dict | None = None,
+    hops: dict | None = None,
 ) -> dict:
     """Write one shard (the only writer of ``spec``) and return its marker.
 
@@ -157,7 +158,8 @@ def write_shard(
     the config hash of every modality the shard holds. Replacing a valid shard never leaves a
     moment without one on disk (see ``_swap_into_place``). ``nodes``
     (stage -> the Ray node it ran on) goes into the marker only, like ``timings``: the arrays and
-    the group's attrs do not depend on where a shard ran.
+    the group's attrs do not depend on where a shard ran; ``hops`` (stage -> array bytes it
+    handed on) likewise.
     """
     root = Path(root)
     if [v["video_id"] for v in videos] != list(spec.video_ids):
@@ -204,7 +206,7 @@ def write_shard(
         "shard_id": spec.shard_id, "split": spec.split, "hashes": dict(sorted(hashes.items())),
         "config_hash": combined_hash(hashes), "video_ids": list(spec.video_ids), "ok": [v["video_id"] for v in ok], "failed": failed,
         "errors": errors, "present": present, "arrays": arrays, "timings": timings or {},
-        "nodes": nodes or {}, "written_at": time.time(),
+        "nodes": nodes or {}, "hops": hops or {}, "written_at": time.time(),
     }
     _fsync_tree(tmp)  # the data is on disk before the marker that vouches for it
     write_json_atomic(tmp / MARKER, marker)

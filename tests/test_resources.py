@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 
 from core.features import resolve_features
 from core.util import to_plain
-from pipeline.extract import check_resources
-from pipeline.resources import fit_resources, stage_nodes
+from pipeline.extract import ExtractError, check_fused, check_resources
+from pipeline.resources import choose_plan, fit_fused, fit_resources, stage_nodes
 from presets import CONF
 
 
@@ -72,3 +72,93 @@ def test_the_tiny_preset_keeps_its_numbers():
     features, store_cfg = resolve_features(cfg.features), to_plain(cfg.store)
     p = pools(*fit_resources(features, store_cfg, {"CPU": 2.0, "GPU": 1.0})[:2])
     assert all(c == 0.25 and g == 0 and k == 1 for c, g, k in p.values()), p
+
+
+# --------------------------------------------------------------------------- which plan
+
+
+def tiny(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="extract", overrides=["dataset=demo", *overrides])
+    return resolve_features(cfg.features), to_plain(cfg.store), to_plain(cfg.plan)
+
+
+@pytest.mark.parametrize("have, expected", [
+    ({"CPU": 2.0}, "fused"),                # 8 stage pools on 2 cores: they would only share them
+    ({"CPU": 16.0, "GPU": 1.0}, "fused"),   # one GPU for depth, flow, the encoder and audio
+    ({"CPU": 64.0, "GPU": 8.0}, "stages"),  # a cluster: every stage gets its own CPUs and GPUs
+    ({"CPU": 16.0}, "stages"),
+])
+def test_auto_plan_fuses_where_the_pools_would_share(have, expected):
+    features, store_cfg = full("features.modalities=[rgb,depth,flow,normal,pointcloud,audio]")
+    plan, why = choose_plan("auto", features, store_cfg, have)
+    assert plan == expected, why
+    assert choose_plan("stages", features, store_cfg, have)[0] == "stages"  # a given plan is kept
+    with pytest.raises(ValueError, match="plan.mode"):
+        choose_plan("fast", features, store_cfg, have)
+
+
+def test_the_tiny_preset_on_two_cores_is_fused_with_one_actor_per_core():
+    features, store_cfg, plan_cfg = tiny()
+    assert choose_plan(plan_cfg["mode"], features, store_cfg, {"CPU": 2.0})[0] == "fused"
+    res = fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=17)
+    assert (res["concurrency"], res["num_cpus"], res["num_gpus"]) == (2, 1.0, 0.0)
+    assert fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=1)["concurrency"] == 1  # never idle actors
+    # fewer CPUs than one: the one actor takes what there is
+    assert fit_fused(plan_cfg["fused"], features, {"CPU": 0.5}, shards=4)["num_cpus"] == 0.5
+
+
+def test_fused_actors_share_one_gpu_and_split_the_cpus():
+    features, _store = full("features.modalities=[rgb,depth,flow,audio]")
+    res = fit_fused({"actors_per_gpu": 2}, features, {"CPU": 16.0, "GPU": 1.0}, shards=100)
+    assert (res["concurrency"], res["num_gpus"], res["num_cpus"]) == (2, 0.5, 8.0)
+    res = fit_fused({"concurrency": 3, "num_cpus": 2}, features, {"CPU": 16.0, "GPU": 4.0}, shards=100)
+    assert (res["concurrency"], res["num_cpus"], res["num_gpus"]) == (3, 2.0, 1.0)  # numbers win, GPUs whole
+    check_fused(res, {"CPU": 16.0, "GPU": 4.0}, local=True)
+    with pytest.raises(ExtractError, match="plan.fused"):
+        check_fused({**res, "num_cpus": 8.0}, {"CPU": 16.0, "GPU": 4.0}, local=True)
+
+
+# --------------------------------------------------------------------------- a payload that shrinks
+
+
+def test_fields_leave_the_payload_after_their_last_reader():
+    import numpy as np
+
+    from pipeline.graph import drop_plan, payload_nbytes, shrink
+
+    features, _store, _plan = tiny()
+    ext = features["extractors"]
+    assert list(ext) == ["depth", "flow", "normal", "encoder", "pointcloud", "audio"]
+    drops = drop_plan(ext, raw_maps=False)
+
+    def video():
+        f = np.zeros((2, 4, 4, 3), np.uint8)
+        return {"frames": f, "next_frames": f.copy(), "audio": np.zeros(100, np.float32),
+                "maps": {"depth": np.zeros((2, 4, 4), np.float32), "flow": np.zeros((2, 2, 4, 4), np.float32)},
+                "images": {"depth": f.copy(), "thermal": f.copy()}, "features": {"rgb": np.zeros((2, 3), np.float16)}}
+
+    left = {}
+    for stage in ["decode", *ext]:
+        payload = {"videos": [video()]}
+        shrink(payload, drops[stage])
+        v = payload["videos"][0]
+        left[stage] = sorted([k for k in ("frames", "next_frames", "audio") if k in v]
+                             + [f"{g}.{k}" for g in ("maps", "images") for k in v[g]])
+    assert "next_frames" in left["depth"] and "next_frames" not in left["flow"]  # flow was its last reader
+    assert "frames" in left["normal"] and "frames" not in left["encoder"]
+    assert "images.thermal" in left["normal"] and not any(k.startswith("images.") for k in left["encoder"])
+    assert "maps.depth" in left["encoder"] and "maps.depth" not in left["pointcloud"]
+    assert "maps.flow" not in left["decode"]  # nothing after decode reads the flow map but its own stage writes it
+    assert left["audio"] == []
+    # stored raw maps reach the writer
+    keep = drop_plan(ext, raw_maps=True)
+    payload = {"videos": [video()]}
+    shrink(payload, keep["audio"])
+    assert sorted(payload["videos"][0]["maps"]) == ["depth", "flow"] and "frames" not in payload["videos"][0]
+    assert payload_nbytes(payload) == (2 * 16 + 2 * 2 * 16) * 4 + 2 * 3 * 2
+    # an extractor the table does not know reads everything: nothing leaves before it
+    unknown = drop_plan({"depth": ext["depth"], "mine": {"_target_": "my.Extractor"}}, raw_maps=False)
+    payload = {"videos": [video()]}
+    shrink(payload, unknown["depth"])
+    assert "next_frames" in payload["videos"][0] and "thermal" in payload["videos"][0]["images"]
