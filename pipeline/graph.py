@@ -1,7 +1,7 @@
 """The Ray Data streaming graph: decode once -> modality stages -> encoder -> one writer per shard.
 
-Each row of the Ray dataset is one output shard: ``{"shard_id": str, "payload": bytes}``, the
-payload being the pickled shard dict of core.schema. A shard therefore flows through every
+Each row of the Ray dataset is one output shard: ``{"shard_id": str, "payload": dict}``, the
+shard dict of core.schema (Ray Data's Python-object column; pickled once per hop). A shard therefore flows through every
 stage as one unit and is written by exactly one writer call, while different shards stream
 through the actors concurrently (memory is bounded by the shards in flight, not by the
 dataset). Weights load in the actors' constructors, never on the driver.
@@ -113,12 +113,19 @@ def _dump(payload: dict) -> bytes:
 
 
 def _rows(batch: dict) -> list[dict]:
-    return [pickle.loads(b) for b in batch["payload"]]
+    """The payload dicts of a batch: the first stage gets them pickled (manifest fields only:
+    Arrow would turn a dict into a struct), every later stage as the objects the one before
+    returned."""
+    return [pickle.loads(b) if isinstance(b, (bytes, bytearray)) else b for b in batch["payload"]]
 
 
 def _out(payloads: list[dict]) -> dict:
-    return {"shard_id": np.array([p["shard_id"] for p in payloads]),
-            "payload": np.array([_dump(p) for p in payloads], dtype=object)}
+    """A stage's payloads go on as Python objects: Ray Data pickles each once (its Python-object
+    column) for the hop, with no second pickle of ours inside."""
+    column = np.empty(len(payloads), dtype=object)
+    for i, p in enumerate(payloads):
+        column[i] = p
+    return {"shard_id": np.array([p["shard_id"] for p in payloads]), "payload": column}
 
 
 def _reason(exc: BaseException) -> str:

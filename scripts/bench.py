@@ -1,10 +1,19 @@
-# make bench        (or: python scripts/bench.py --videos 24 --sizes 24,96)
-"""Extraction benchmarks -> bench/results/extract.json (summarised in docs/benchmarks.md).
+# make bench        (or: python scripts/bench.py --videos 12 --scale 10 --repeats 2)
+"""Extraction benchmarks -> bench/results/extract.json, and the table of docs/benchmarks.md.
 
-1. Fan-out: one pass extracting K modalities (one decode per video) against K single-modality
-   passes over the same videos (K decodes per video), on one already-started local Ray.
-2. Peak memory of `extract` (the driver plus every Ray process, summed RSS, sampled every 0.2 s)
-   at two dataset sizes: it must not grow with the number of videos.
+Everything runs in this one process on one local Ray started once and warmed up once, with
+runs of different kinds interleaved (A B A B ...) so that a change of the machine's load hits
+every kind alike; figures are medians over the repeats.
+
+1. The demo extraction under both plans (pipeline/graph.py), at 1x and 10x the videos: wall,
+   summed stage busy time, efficiency = (busy / CPUs) / wall, time to the first shard, the
+   payload bytes each stage hands on, and peak memory counted once per page (the PSS of this
+   process and every process under it: the Ray daemons, the actors, their decode sandboxes).
+2. Fan-out: one pass computing all K modalities (one decode per video) against K one-modality
+   passes (K decodes per video), interleaved.
+3. What a hop costs: pickling and unpickling a payload of the measured size.
+4. The rows of bench/results/reference.json (scripts/bench_reference.py) and train.json
+   (scripts/bench_train.py) when those have run, so the table is in one place.
 """
 
 from __future__ import annotations
@@ -12,19 +21,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import shutil
-import subprocess
+import statistics
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
-from core.modalities import NAMES as MODALITIES
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.modalities import NAMES as MODALITIES  # noqa: E402
+
+MiB = 2**20
 
 
 def compose(overrides: list[str]):
@@ -35,108 +49,191 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="extract", overrides=overrides)
 
 
-def demo_overrides(tmp: Path, n: int) -> list[str]:
+def demo(tmp: Path, n: int) -> list[str]:
     return ["dataset=demo", f"dataset.root={tmp}/data/demo_{n}", f"dataset.num_videos={n}"]
 
 
-def bench_fanout(tmp: Path, n: int, num_cpus: int) -> dict:
-    from pipeline.demo import ensure_demo
-    from pipeline.extract import run_extract, start_ray
-
-    base = demo_overrides(tmp, n) + [f"ray.num_cpus={num_cpus}"]
-    ensure_demo(compose(base).dataset)  # generate the videos outside the timings
-    start_ray({"num_cpus": num_cpus})
-    warm = compose(base + [f"out={tmp}/warm", "features.modalities=[rgb]"])
-    run_extract(warm)  # pays one-off costs (actor imports, page cache) before anything is timed
-
-    def timed(mods: list[str], tag: str) -> dict:
-        cfg = compose(base + [f"out={tmp}/{tag}", f"features.modalities=[{','.join(mods)}]"])
-        t0 = time.perf_counter()
-        report = run_extract(cfg)
-        return {"modalities": mods, "wall_s": round(time.perf_counter() - t0, 2),
-                "videos_decoded": report["run"]["videos_decoded"], "videos_ok": report["videos_ok"],
-                "stage_seconds": report["run"]["stage_seconds"]}
-
-    fan = timed(MODALITIES, "fanout")
-    singles = [timed([m], f"single_{m}") for m in MODALITIES]
-    total_single = sum(s["wall_s"] for s in singles)
-    return {"videos": n, "k": len(MODALITIES), "fanout": fan, "singles": singles,
-            "single_total_wall_s": round(total_single, 2),
-            "speedup_single_over_fanout": round(total_single / fan["wall_s"], 2),
-            "decodes_fanout": fan["videos_decoded"], "decodes_singles": sum(s["videos_decoded"] for s in singles)}
-
-
-def _tree_rss(proc: psutil.Process) -> int:
+def tree_pss() -> int:
+    """Bytes of memory this process and all its descendants use, each shared page counted once
+    (proportional set size; falls back to RSS where smaps cannot be read)."""
+    me = psutil.Process()
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in [me, *me.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
         except psutil.Error:
             pass
     return total
 
 
-def bench_memory(tmp: Path, n: int, num_cpus: int) -> dict:
-    from pipeline.demo import ensure_demo
+class PeakMemory:
+    """Samples tree_pss() in a thread while the block runs."""
 
-    base = demo_overrides(tmp, n)
-    ensure_demo(compose(base).dataset)
-    cmd = [sys.executable, str(ROOT / "scripts/extract.py"), *base, f"out={tmp}/mem_{n}", f"ray.num_cpus={num_cpus}"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ps, peak, samples = psutil.Process(proc.pid), 0, []
-    stop = threading.Event()
+    def __init__(self, every_s: float = 1.0):
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            rss = _tree_rss(ps)
-            peak = max(peak, rss)
-            samples.append(rss)
-            time.sleep(0.2)
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_pss())
+            self._stop.wait(self.every_s)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, _ = proc.communicate()
-    stop.set()
-    thread.join()
-    if proc.returncode:
-        raise SystemExit(f"extract failed for {n} videos:\n{out[-3000:]}")
-    report = json.loads((tmp / f"mem_{n}" / "demo" / "report.json").read_text())
-    return {"videos": n, "peak_rss_mib": round(peak / 2**20), "median_rss_mib": round(sorted(samples)[len(samples) // 2] / 2**20),
-            "wall_s": round(time.perf_counter() - t0, 1), "videos_ok": report["videos_ok"]}
+    def __enter__(self):
+        self.base = tree_pss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def extract_once(overrides: list[str], out: Path) -> dict:
+    """One run_extract into a fresh store; the figures of its report."""
+    from pipeline.extract import run_extract
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = compose(overrides + [f"out={out}"])
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        report = run_extract(cfg)
+        wall = time.perf_counter() - t0
+    run = report["run"]
+    busy = sum(run["stage_seconds"].values())
+    cpus = float(__import__("ray").cluster_resources().get("CPU", 1))
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": round(wall, 2), "busy_s": round(busy, 2), "efficiency": round(busy / cpus / wall, 3),
+            "first_shard_s": round(run["first_shard_seconds"], 2), "plan": run["plan"],
+            "videos_ok": report["videos_ok"], "videos_decoded": run["videos_decoded"],
+            "stage_seconds": run["stage_seconds"], "bytes_per_hop": run["bytes_per_hop"],
+            "peak_pss_mib": round(mem.peak / MiB), "idle_pss_mib": round(mem.base / MiB)}
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def hop_cost(nbytes: int, repeats: int = 5) -> dict:
+    """Seconds to pickle and unpickle (protocol 5, as the stages plan does per hop) arrays of
+    ``nbytes``, in frame-sized pieces like a payload's."""
+    pieces = [np.random.default_rng(0).integers(0, 255, (8, 144, 256, 3), np.uint8)
+              for _ in range(max(1, nbytes // (8 * 144 * 256 * 3)))]
+    payload = {"videos": [{"frames": p} for p in pieces]}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        pickle.loads(pickle.dumps(payload, protocol=5))
+        times.append(time.perf_counter() - t0)
+    return {"bytes": sum(p.nbytes for p in pieces), "seconds": round(statistics.median(times), 4)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=24, help="videos in the fan-out comparison")
-    ap.add_argument("--sizes", default="24,96", help="two dataset sizes for the peak-memory measurement")
+    ap.add_argument("--videos", type=int, default=12, help="1x: videos of the small runs and the fan-out")
+    ap.add_argument("--scale", type=int, default=10, help="the large runs have scale x videos (the demo's 120)")
+    ap.add_argument("--repeats", type=int, default=2, help="A B A B ...: runs of each kind")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--skip-fanout", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench/results/extract.json"))
     ap.add_argument("--tmp", default=str(ROOT / "bench/tmp"))
     args = ap.parse_args()
     tmp = Path(args.tmp)
-    shutil.rmtree(tmp / "fanout", ignore_errors=True)
-    result = {"machine": {"cpus": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30),
-                          "python": platform.python_version(), "gpu": None},
-              "preset": "tiny (random-init models of the real classes)", "when": time.strftime("%Y-%m-%d %H:%M")}
-    for d in tmp.glob("mem_*"):
-        shutil.rmtree(d)
-    for d in list(tmp.glob("single_*")) + [tmp / "warm"]:
-        shutil.rmtree(d, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save = lambda: Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # noqa: E731 - partial results survive
-    result["memory"] = [bench_memory(tmp, int(n), args.num_cpus) for n in args.sizes.split(",")]
+    from pipeline.demo import ensure_demo
+    from pipeline.extract import start_ray
+
+    small, large = args.videos, args.videos * args.scale
+    for n in (small, large):
+        ensure_demo(compose(demo(tmp, n)).dataset)  # the videos exist before anything is timed
+    start_ray({"num_cpus": args.num_cpus})
+    result = {"machine": {"cpus": os.cpu_count(), "ray_cpus": args.num_cpus,
+                          "ram_gib": round(psutil.virtual_memory().total / 2**30),
+                          "python": platform.python_version(), "gpu": None, "load_before": os.getloadavg()[0]},
+              "preset": "tiny (random-init models of the real classes)", "when": time.strftime("%Y-%m-%d %H:%M"),
+              "command": "python scripts/bench.py " + " ".join(sys.argv[1:])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save = lambda: out.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731 - partial results survive
+
+    extract_once(demo(tmp, small), tmp / "warm")  # imports, page cache, Ray's worker pool: not timed
+    # 1. plans x sizes, interleaved
+    kinds = [(plan, n) for n in (large, small) for plan in ("stages", "fused")]
+    runs: dict[str, list] = {f"{p}_{n}": [] for p, n in kinds}
+    for r in range(args.repeats):
+        for plan, n in kinds:
+            got = extract_once(demo(tmp, n) + [f"plan.mode={plan}"], tmp / f"run_{plan}_{n}")
+            runs[f"{plan}_{n}"].append(got)
+            print(f"[{r + 1}/{args.repeats}] {plan:6s} {n:4d} videos: wall {got['wall_s']} s, busy {got['busy_s']} s, "
+                  f"efficiency {got['efficiency']}, first shard {got['first_shard_s']} s, peak {got['peak_pss_mib']} MiB",
+                  flush=True)
+            result["runs"] = runs
+            save()
+    summary = {key: {k: median_of(v, k) for k in ("wall_s", "busy_s", "efficiency", "first_shard_s", "peak_pss_mib")}
+               for key, v in runs.items()}
+    for key, v in runs.items():
+        summary[key]["bytes_per_hop_mean"] = v[0]["bytes_per_hop"].get("mean", {})
+    result["summary"] = summary
+    for plan in ("stages", "fused"):
+        a, b = summary[f"{plan}_{small}"]["peak_pss_mib"], summary[f"{plan}_{large}"]["peak_pss_mib"]
+        summary[f"{plan}_memory_growth_{args.scale}x"] = round(b / a - 1, 3)
+    hops = summary[f"stages_{large}"]["bytes_per_hop_mean"]
+    biggest = max(hops.values()) if hops else 0
+    result["hop_cost"] = {"largest_hop_bytes": biggest, **hop_cost(biggest)}
     save()
-    result["fanout"] = bench_fanout(tmp, args.videos, args.num_cpus)
-    save()
-    f = result["fanout"]
-    print(f"fan-out: 1 pass x {f['k']} modalities {f['fanout']['wall_s']} s vs {f['k']} single passes "
-          f"{f['single_total_wall_s']} s -> {f['speedup_single_over_fanout']}x; decodes {f['decodes_fanout']} vs "
-          f"{f['decodes_singles']}")
-    for m in result["memory"]:
-        print(f"peak memory, {m['videos']} videos: {m['peak_rss_mib']} MiB (wall {m['wall_s']} s)")
-    print(f"wrote {args.out}")
+
+    # 2. fan-out, interleaved
+    if not args.skip_fanout:
+        fan, singles = [], []
+        for r in range(args.repeats):
+            fan.append(extract_once(demo(tmp, small), tmp / "fanout"))
+            one = [extract_once(demo(tmp, small) + [f"features.modalities=[{m}]"], tmp / f"single_{m}")
+                   for m in MODALITIES]
+            singles.append({"wall_s": round(sum(s["wall_s"] for s in one), 2), "runs": one,
+                            "videos_decoded": sum(s["videos_decoded"] for s in one)})
+            print(f"[{r + 1}/{args.repeats}] fan-out {fan[-1]['wall_s']} s vs {len(MODALITIES)} single passes "
+                  f"{singles[-1]['wall_s']} s", flush=True)
+        result["fanout"] = {"videos": small, "k": len(MODALITIES), "fanout": fan, "singles": singles,
+                            "ratio_singles_over_fanout": round(statistics.median(s["wall_s"] for s in singles)
+                                                               / statistics.median(f["wall_s"] for f in fan), 2),
+                            "decodes": [fan[0]["videos_decoded"], singles[0]["videos_decoded"]]}
+        save()
+    print_table(result, small, large, args.scale)
+    print(f"wrote {out}")
+
+
+def _load(name: str) -> dict | None:
+    path = ROOT / "bench/results" / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def print_table(result: dict, small: int, large: int, scale: int) -> None:
+    s = result["summary"]
+    rows = []
+    for plan in ("stages", "fused"):
+        x = s[f"{plan}_{large}"]
+        rows.append((f"demo extract, {large} videos, plan {plan}: wall / busy / efficiency",
+                     f"{x['wall_s']} s / {x['busy_s']} s / {x['efficiency']}"))
+        rows.append((f"  time to first shard ({plan})", f"{x['first_shard_s']} s"))
+        rows.append((f"  peak memory, PSS, {small} -> {large} videos ({plan})",
+                     f"{s[f'{plan}_{small}']['peak_pss_mib']} -> {x['peak_pss_mib']} MiB "
+                     f"({s[f'{plan}_memory_growth_{scale}x']:+.1%})"))
+    hc = result["hop_cost"]
+    rows.append(("largest payload hop (stages plan): bytes, pickle+unpickle",
+                 f"{hc['largest_hop_bytes'] / MiB:.1f} MiB, {hc['seconds'] * 1000:.0f} ms"))
+    if "fanout" in result:
+        f = result["fanout"]
+        rows.append((f"fan-out: {f['k']} single passes / one pass ({small} videos, interleaved)",
+                     f"{f['ratio_singles_over_fanout']}x (decodes {f['decodes'][1]} vs {f['decodes'][0]})"))
+    ref = _load("reference.json")
+    if ref and "ratios" in ref:
+        rows.append(("reference workflow / this project, end to end", json.dumps(ref["ratios"])))
+    train = _load("train.json")
+    if train:
+        rows.append(("loader samples/s (0 / 2 workers) vs trainer consumption",
+                     f"{train['reader_samples_per_s']['workers_0']:.0f} / {train['reader_samples_per_s']['workers_2']:.0f}"
+                     f" vs {train['trainer_samples_per_s']:.1f}"))
+    width = max(len(r[0]) for r in rows)
+    print("\n" + "\n".join(f"{a.ljust(width)}  {b}" for a, b in rows))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import zarr
 
@@ -32,8 +33,11 @@ def test_stages_and_fused_plans_write_identical_stores(tmp_path):
         assert attrs == dict(zarr.open_group(str(twin), mode="r").attrs)
         m1, m2 = (json.loads((s / MARKER).read_text()) for s in (shard, twin))
         assert m1["arrays"] == m2["arrays"]  # shapes, dtypes and checksums
-        # the payload shrinks: the frames leave after the encoder, the depth maps after the point cloud
+        # the payload shrinks: the frames and rendered images leave after the encoder, and what
+        # reaches the writer is exactly what it stores (every map, frame and the audio track gone)
         hops = m2["hops"]
         assert sorted(hops) == sorted(["decode", "depth", "flow", "normal", "encoder", "pointcloud", "audio"])
-        assert hops["encoder"] < hops["normal"] and hops["pointcloud"] < hops["encoder"]
+        assert hops["encoder"] < hops["normal"] / 2
+        stored = sum(int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize for a in m2["arrays"].values())
+        assert hops["audio"] == stored
         assert m1["hops"] == hops  # the same fields travel in both plans
