@@ -62,9 +62,11 @@ def reference(data, tmp_path_factory):
 
 
 def submit_cmd(cluster: LocalCluster, out: Path, data: Path, submission_id: str) -> list[str]:
-    """`make submit` as a user types it (relative paths become absolute in the Makefile)."""
+    """`make submit` as a user types it (relative paths become absolute in the Makefile). The
+    per-stage pools, so that stages spread over both nodes (the local reference run, on 2 CPUs,
+    takes the fused plan: the bytes must match across plans too)."""
     return ["make", "--no-print-directory", "-C", str(ROOT), "submit", "DATASET=demo",
-            f"RAY_ADDRESS={cluster.dashboard_url}", f"OUT={out}", f"DATA={data}", f"ARGS={' '.join(CONFIG)}",
+            f"RAY_ADDRESS={cluster.dashboard_url}", f"OUT={out}", f"DATA={data}", f"ARGS={' '.join(CONFIG)} plan.mode=stages",
             f"SUBMIT_FLAGS=--submission-id={submission_id}"]
 
 

@@ -22,6 +22,13 @@ pytestmark = pytest.mark.slow
 COMMON = ["ray.num_cpus=2", "features.decode.num_frames_stored=4", "max_failed_fraction=0.6"]
 
 
+def own_ray_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI that must start its own local Ray (not the session's, conftest.py):
+    a kill -9 of its process group must take its actors down with it, and actors must see the
+    driver's environment."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **extra}
+
+
 def extract_cmd(*overrides: str) -> list[str]:
     return [sys.executable, str(ROOT / "scripts/extract.py"), *COMMON, *overrides]
 
@@ -105,7 +112,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed" / "demo"
     proc = subprocess.Popen(extract_cmd(*data, f"out={tmp_path / 'killed'}"), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=own_ray_env())
     deadline = time.time() + 600
     while time.time() < deadline and not list(killed.glob(f"*/*.zarr/{MARKER}")):
         time.sleep(0.05)
@@ -155,8 +162,8 @@ def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_c
     its type on the driver. flow: the full preset's flow model is UniMatch (ptlflow's checkpoint)."""
     cpu = [f"features.extractors.{s}.resources.{k}={v}" for s in ("encoder", "flow") for k, v in
            (("num_gpus", 0), ("device", "cpu"), ("num_cpus", 0.5))]
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env = own_ray_env(TORCH_HOME=str(tmp_path / "torch"), https_proxy="http://127.0.0.1:9",
+                      HTTPS_PROXY="http://127.0.0.1:9")
     proc = subprocess.run(extract_cmd(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
                                       "features=full", f"features.modalities=[{modality}]", *cpu,
                                       "features.decode.resources.concurrency=1", "features.decode.resources.num_cpus=0.5"),

@@ -22,14 +22,18 @@ from media import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+def env() -> dict[str, str]:
+    """The CLI's environment, read at call time (RAY_ADDRESS of the session's Ray, tests/conftest.py)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
 def extract(folder: Path, out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "scripts/extract.py"), "dataset=videos", f"dataset.path={folder}", f"out={out}",
            "ray.num_cpus=2", "features.decode.num_frames_stored=4", "store.shard_size=1", "max_failed_fraction=0.9",
            "+features.decode.decoder=faults:flaky_decode", *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
     if check and proc.returncode != 0:
         raise AssertionError(f"extract failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -114,7 +118,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
     (out / "videos").mkdir(parents=True)
     ready = tmp_path / "ready"
     holder = subprocess.Popen([sys.executable, "-c", f"import faults; faults.hold_lease("
-                               f"{str(out / 'videos')!r}, {str(ready)!r})"], env={**ENV, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+                               f"{str(out / 'videos')!r}, {str(ready)!r})"], env={**env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     try:
         for _ in range(300):
             if ready.exists():
