@@ -69,6 +69,7 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	$(PY) scripts/bench_flow.py
 	$(PY) scripts/bench_decode.py
 	@if [ -f scripts/bench_train.py ]; then $(PY) scripts/bench_train.py; fi
+	$(PY) scripts/bench_reference.py
 
 # Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they
 # must be on a filesystem every node mounts at the same path); nothing is installed on the cluster.

@@ -106,6 +106,7 @@ class LocalCluster:
 
     num_cpus: dict[str, int]
     object_store_bytes: int = 400 * 1024**2
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the GCS's health-check settings
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="crr-", dir="/tmp")))
     nodes: dict[str, Node] = field(default_factory=dict)
 
@@ -133,6 +134,7 @@ class LocalCluster:
         """The environment to run `ray start` / `ray job submit` / a client with."""
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
         env.update(CLUSTER_ENV)
+        env.update(self.extra_env)
         return env
 
     # ------------------------------------------------------------------ start / stop
@@ -192,7 +194,7 @@ class LocalCluster:
         except OSError:
             return ""
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 3.0) -> None:
         """Stop every node: SIGTERM to each `ray start --block` (it shuts its node down), then
         SIGKILL to its process group and to any process whose command line names its temp dir."""
         for node in reversed(list(self.nodes.values())):

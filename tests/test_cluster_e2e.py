@@ -2,7 +2,7 @@
 runs on both nodes and writes the same bytes as a local run; losing the worker node mid-run
 costs nothing (slow).
 
-All runs share one config, so their stores must be byte-identical: the demo at 12 videos, one
+Both runs share one config, so their stores must be byte-identical: the demo at 8 videos, one
 video per shard, and a decoder that sleeps before decoding (tests/faults.py:slow_decode) so that
 the node can be killed while shards are still in flight. The output does not depend on it.
 """
@@ -25,18 +25,23 @@ from core.store import MARKER, collect_markers, read_store_meta, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-N_VIDEOS = 12
+N_VIDEOS = 8
 CONFIG = [f"dataset.num_videos={N_VIDEOS}", "store.shard_size=1", "features.decode.num_frames_stored=4",
           "+features.decode.decoder=faults:slow_decode"]
 # Logical CPUs per node (the machine has 2 cores): the tiny preset's eight pools need 2 in all, so
 # the head alone can hold every pool (the job survives losing the worker) and SPREAD has room to
 # put some on each node.
 NUM_CPUS = {"head": 4, "w1": 4}
+# The GCS declares a silent node dead after ~1 s x 4 missed health checks (Ray's defaults: 3 s x 5
+# plus a 10 s timeout), so the lost node's work moves to the head sooner; the retry budget
+# (pipeline/graph.py) is sized for the defaults.
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
+                   "RAY_health_check_failure_threshold": "4"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster(num_cpus=NUM_CPUS).start()
+    c = LocalCluster(num_cpus=NUM_CPUS, extra_env=FAST_NODE_DEATH).start()
     try:
         yield c
     finally:
@@ -107,26 +112,12 @@ def check_store(root: Path, reference: Path) -> dict:
     return markers
 
 
-def test_make_submit_runs_on_both_nodes_and_matches_a_local_run(cluster, reference, data, tmp_path):
+def test_make_submit_uses_both_nodes_loses_one_mid_run_and_matches_a_local_run(cluster, reference, data, tmp_path):
+    """One `make submit`: its stages spread over both nodes, the worker node is killed (kill -9 of
+    its raylet) after the first shard, the job still SUCCEEDS, every shard is written once, and
+    the store's bytes are those of a local run."""
     ids = cluster.node_ids()
-    assert set(ids) == {"head", "w1"}, ids
-    out = tmp_path / "out"
-    t0 = time.time()
-    proc = subprocess.run(submit_cmd(cluster, out, data, "crema-e2e-clean"), env=cluster.env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
-    assert job_status(cluster, "crema-e2e-clean") == "SUCCEEDED"
-    print(f"make submit: {time.time() - t0:.0f} s")
-    markers = check_store(out / "demo", reference)
-    used = nodes_used(markers)
-    assert set(used) == set(ids.values()), f"stages per node: {used}, nodes: {ids}"
-    report = json.loads((out / "demo" / "report.json").read_text())
-    assert report["videos_ok"] == N_VIDEOS and report["run"]["shards_written"] == N_VIDEOS
-
-
-def test_losing_the_worker_node_mid_run_loses_no_shard(cluster, reference, data, tmp_path):
-    ids = cluster.node_ids()
-    assert set(ids) == {"head", "w1"}, f"the worker node must be up to be lost: {ids}"
+    assert set(ids) == {"head", "w1"}, f"both nodes must be up: {ids}"
     root = tmp_path / "out" / "demo"
     sid = "crema-e2e-node-loss"
     log = tmp_path / "submit.log"
@@ -155,6 +146,9 @@ def test_losing_the_worker_node_mid_run_loses_no_shard(cluster, reference, data,
     print(f"worker lost after {done}/{N_VIDEOS} shards; the job finished {time.time() - killed_at:.0f} s later; "
           f"fewest task retries left: {min(left) if left else 'none spent'}")
     markers = check_store(root, reference)
+    before = {k: m for k, m in markers.items() if m["written_at"] < killed_at}
+    used = nodes_used(before)
+    assert set(used) == set(ids.values()), f"stages per node before the loss: {used}, nodes: {ids}"
     after = [m for m in markers.values() if m["written_at"] > killed_at + 1]
     assert after, "no shard was written after the node was lost"
     for m in after:  # written by the head's writer (earlier stages may have run on the worker)

@@ -175,18 +175,6 @@ def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_c
     assert command in proc.stderr and key in proc.stderr
 
 
-def test_tiny_unimatch_runs_in_the_pipeline(tmp_path):
-    """The paper's flow model (a tiny random-init UniMatch of the same class) through real Ray."""
-    run_extract(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
-                "features.modalities=[rgb,flow]", "extractor@features.extractors.flow=flow_unimatch_tiny")
-    fs = FeatureStore(tmp_path / "o" / "demo")
-    assert fs.video_ids == ["demo_0000", "demo_0001", "demo_0002"]
-    for vid in fs.video_ids:
-        assert fs.has(vid, "flow") and np.isfinite(fs.get(vid, "flow")).all()
-        meta = fs.meta(vid)["model_meta"]["flow"]
-        assert meta["arch"] == "unimatch_sc2_ref6" and meta["model_id"] == "random-init:unimatch_sc2_ref6"
-
-
 def test_a_corrupt_shard_is_found_and_extracted_again(tmp_path):
     from test_store import _flip_a_byte
 

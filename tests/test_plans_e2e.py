@@ -1,5 +1,6 @@
 """Both execution plans (pipeline/graph.py) write the same store: a pool per stage, or N actors
-each running the whole chain. Real CLI, real Ray, real videos, every modality (slow)."""
+each running the whole chain. Real CLI, real Ray, real videos, every modality, and the paper's
+flow model (a tiny random-init UniMatch of the same class) in the pipeline (slow)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,28 @@ import numpy as np
 import pytest
 import zarr
 
-from core.store import MARKER
+from core.store import MARKER, FeatureStore
 from test_extract_e2e import run_extract, store_snapshot
 
 pytestmark = pytest.mark.slow
 
 
 def test_stages_and_fused_plans_write_identical_stores(tmp_path):
-    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=4", "store.shard_size=2"]
+    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=2", "store.shard_size=1",
+            "extractor@features.extractors.flow=flow_unimatch_tiny"]
     stores = {}
     for plan in ("stages", "fused"):
         run_extract(*data, f"out={tmp_path / plan}", f"plan.mode={plan}")
         root = tmp_path / plan / "demo"
         report = json.loads((root / "report.json").read_text())
-        assert report["run"]["plan"] == plan and report["videos_ok"] == 4
+        assert report["run"]["plan"] == plan and report["videos_ok"] == 2
         stores[plan] = root
+    fs = FeatureStore(stores["fused"])
+    assert fs.video_ids == [f"demo_{i:04d}" for i in range(2)]
+    for vid in fs.video_ids:
+        assert fs.has(vid, "flow") and np.isfinite(fs.get(vid, "flow")).all()
+        meta = fs.meta(vid)["model_meta"]["flow"]
+        assert meta["arch"] == "unimatch_sc2_ref6" and meta["model_id"] == "random-init:unimatch_sc2_ref6"
     a, b = store_snapshot(stores["stages"]), store_snapshot(stores["fused"])
     assert sorted(a) == sorted(b) and len(a) > 10
     assert [k for k in a if a[k] != b[k]] == []
