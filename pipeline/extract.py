@@ -70,6 +70,9 @@ def start_ray(ray_cfg: dict) -> None:
     # A stage's own exception reaches the driver with its type (not wrapped in UserCodeException,
     # whose cause Ray does not carry across processes): _user_error catches it by class.
     ctx.raise_original_map_exception = True
+    # Payloads (dicts of arrays) travel as Ray Data's pickled-object column, by choice: saying so
+    # keeps Ray from warning about it once per actor.
+    ctx.enable_fallback_to_arrow_object_ext_type = True
 
 
 def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool) -> None:

@@ -9,6 +9,8 @@ every kind alike; figures are medians over the repeats.
    summed stage busy time, efficiency = (busy / CPUs) / wall, time to the first shard, the
    payload bytes each stage hands on, and peak memory counted once per page (the PSS of this
    process and every process under it: the Ray daemons, the actors, their decode sandboxes).
+   Memory is measured on `scripts/extract.py` run as a subprocess (as `make extract`: its own
+   Ray, the default plan), 1x and 10x interleaved.
 2. Fan-out: one pass computing all K modalities (one decode per video) against K one-modality
    passes (K decodes per video), interleaved.
 3. What a hop costs: pickling and unpickling a payload of the measured size.
@@ -23,6 +25,7 @@ import json
 import os
 import pickle
 import platform
+import subprocess
 import shutil
 import statistics
 import sys
@@ -53,12 +56,11 @@ def demo(tmp: Path, n: int) -> list[str]:
     return ["dataset=demo", f"dataset.root={tmp}/data/demo_{n}", f"dataset.num_videos={n}"]
 
 
-def tree_pss() -> int:
-    """Bytes of memory this process and all its descendants use, each shared page counted once
-    (proportional set size; falls back to RSS where smaps cannot be read)."""
-    me = psutil.Process()
+def tree_pss(root: psutil.Process) -> int:
+    """Bytes of memory ``root`` and all its descendants use, each shared page counted once
+    (proportional set size; RSS where smaps cannot be read)."""
     total = 0
-    for p in [me, *me.children(recursive=True)]:
+    for p in [root, *root.children(recursive=True)]:
         try:
             info = p.memory_full_info()
             total += getattr(info, "pss", info.rss)
@@ -67,26 +69,33 @@ def tree_pss() -> int:
     return total
 
 
-class PeakMemory:
-    """Samples tree_pss() in a thread while the block runs."""
+def memory_run(tmp: Path, n: int, num_cpus: int) -> dict:
+    """`scripts/extract.py` as a user runs it (its own Ray, the default plan) on n demo videos,
+    its process tree's PSS sampled every 0.5 s: the peak is the run's memory, pages counted once."""
+    out = tmp / f"mem_{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, str(ROOT / "scripts/extract.py"), *demo(tmp, n), f"out={out}", f"ray.num_cpus={num_cpus}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root, samples, stop = psutil.Process(proc.pid), [], threading.Event()
 
-    def __init__(self, every_s: float = 1.0):
-        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(tree_pss(root))
+            stop.wait(0.5)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_pss())
-            self._stop.wait(self.every_s)
-
-    def __enter__(self):
-        self.base = tree_pss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    log, _ = proc.communicate()
+    stop.set()
+    thread.join()
+    if proc.returncode:
+        raise SystemExit(f"extract failed for {n} videos:\n{log[-3000:]}")
+    report = json.loads((out / "demo" / "report.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"videos": n, "peak_pss_mib": round(max(samples) / MiB), "median_pss_mib": round(statistics.median(samples) / MiB),
+            "wall_s": round(time.perf_counter() - t0, 1), "videos_ok": report["videos_ok"], "plan": report["run"]["plan"]}
 
 
 def extract_once(overrides: list[str], out: Path) -> dict:
@@ -95,10 +104,9 @@ def extract_once(overrides: list[str], out: Path) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = compose(overrides + [f"out={out}"])
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        report = run_extract(cfg)
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = run_extract(cfg)
+    wall = time.perf_counter() - t0
     run = report["run"]
     busy = sum(run["stage_seconds"].values())
     cpus = float(__import__("ray").cluster_resources().get("CPU", 1))
@@ -106,8 +114,7 @@ def extract_once(overrides: list[str], out: Path) -> dict:
     return {"wall_s": round(wall, 2), "busy_s": round(busy, 2), "efficiency": round(busy / cpus / wall, 3),
             "first_shard_s": round(run["first_shard_seconds"], 2), "plan": run["plan"],
             "videos_ok": report["videos_ok"], "videos_decoded": run["videos_decoded"],
-            "stage_seconds": run["stage_seconds"], "bytes_per_hop": run["bytes_per_hop"],
-            "peak_pss_mib": round(mem.peak / MiB), "idle_pss_mib": round(mem.base / MiB)}
+            "stage_seconds": run["stage_seconds"], "bytes_per_hop": run["bytes_per_hop"]}
 
 
 def median_of(runs: list[dict], key: str) -> float:
@@ -164,18 +171,26 @@ def main() -> None:
             got = extract_once(demo(tmp, n) + [f"plan.mode={plan}"], tmp / f"run_{plan}_{n}")
             runs[f"{plan}_{n}"].append(got)
             print(f"[{r + 1}/{args.repeats}] {plan:6s} {n:4d} videos: wall {got['wall_s']} s, busy {got['busy_s']} s, "
-                  f"efficiency {got['efficiency']}, first shard {got['first_shard_s']} s, peak {got['peak_pss_mib']} MiB",
+                  f"efficiency {got['efficiency']}, first shard {got['first_shard_s']} s",
                   flush=True)
             result["runs"] = runs
             save()
-    summary = {key: {k: median_of(v, k) for k in ("wall_s", "busy_s", "efficiency", "first_shard_s", "peak_pss_mib")}
+    summary = {key: {k: median_of(v, k) for k in ("wall_s", "busy_s", "efficiency", "first_shard_s")}
                for key, v in runs.items()}
     for key, v in runs.items():
         summary[key]["bytes_per_hop_mean"] = v[0]["bytes_per_hop"].get("mean", {})
     result["summary"] = summary
-    for plan in ("stages", "fused"):
-        a, b = summary[f"{plan}_{small}"]["peak_pss_mib"], summary[f"{plan}_{large}"]["peak_pss_mib"]
-        summary[f"{plan}_memory_growth_{args.scale}x"] = round(b / a - 1, 3)
+    # memory: the CLI in a subprocess (its own Ray, as `make extract`), 1x and 10x interleaved
+    mem: dict[int, list] = {small: [], large: []}
+    for r in range(args.repeats):
+        for n in (small, large):
+            mem[n].append(memory_run(tmp, n, args.num_cpus))
+            print(f"[{r + 1}/{args.repeats}] memory, {n} videos: peak PSS {mem[n][-1]['peak_pss_mib']} MiB "
+                  f"(plan {mem[n][-1]['plan']}, wall {mem[n][-1]['wall_s']} s)", flush=True)
+    result["memory"] = {"runs": mem, "peak_pss_mib": {n: statistics.median(x["peak_pss_mib"] for x in v)
+                                                        for n, v in mem.items()}}
+    peak = result["memory"]["peak_pss_mib"]
+    result["memory"][f"growth_{args.scale}x"] = round(peak[large] / peak[small] - 1, 3)
     hops = summary[f"stages_{large}"]["bytes_per_hop_mean"]
     biggest = max(hops.values()) if hops else 0
     result["hop_cost"] = {"largest_hop_bytes": biggest, **hop_cost(biggest)}
@@ -214,9 +229,10 @@ def print_table(result: dict, small: int, large: int, scale: int) -> None:
         rows.append((f"demo extract, {large} videos, plan {plan}: wall / busy / efficiency",
                      f"{x['wall_s']} s / {x['busy_s']} s / {x['efficiency']}"))
         rows.append((f"  time to first shard ({plan})", f"{x['first_shard_s']} s"))
-        rows.append((f"  peak memory, PSS, {small} -> {large} videos ({plan})",
-                     f"{s[f'{plan}_{small}']['peak_pss_mib']} -> {x['peak_pss_mib']} MiB "
-                     f"({s[f'{plan}_memory_growth_{scale}x']:+.1%})"))
+        rows.append((f"  efficiency at {small} videos ({plan})", f"{s[f'{plan}_{small}']['efficiency']}"))
+    m = result["memory"]
+    rows.append((f"peak memory of `make extract` (PSS), {small} -> {large} videos",
+                 f"{m['peak_pss_mib'][small]:.0f} -> {m['peak_pss_mib'][large]:.0f} MiB ({m[f'growth_{scale}x']:+.1%})"))
     hc = result["hop_cost"]
     rows.append(("largest payload hop (stages plan): bytes, pickle+unpickle",
                  f"{hc['largest_hop_bytes'] / MiB:.1f} MiB, {hc['seconds'] * 1000:.0f} ms"))
@@ -225,8 +241,11 @@ def print_table(result: dict, small: int, large: int, scale: int) -> None:
         rows.append((f"fan-out: {f['k']} single passes / one pass ({small} videos, interleaved)",
                      f"{f['ratio_singles_over_fanout']}x (decodes {f['decodes'][1]} vs {f['decodes'][0]})"))
     ref = _load("reference.json")
-    if ref and "ratios" in ref:
-        rows.append(("reference workflow / this project, end to end", json.dumps(ref["ratios"])))
+    if ref:
+        per = ref.get("comparison", {}).get("per_epochs", {})
+        got = {e: per[e]["end_to_end"]["ratio"] for e in per if "end_to_end" in per[e]}
+        rows.append(("reference workflow / this project, end to end (reference.json)",
+                     ", ".join(f"E={e}: {r:.2f}x" for e, r in got.items()) or "see the file"))
     train = _load("train.json")
     if train:
         rows.append(("loader samples/s (0 / 2 workers) vs trainer consumption",

@@ -17,17 +17,17 @@ pytestmark = pytest.mark.slow
 
 
 def test_stages_and_fused_plans_write_identical_stores(tmp_path):
-    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=2", "store.shard_size=1",
+    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", "store.shard_size=2",
             "extractor@features.extractors.flow=flow_unimatch_tiny"]
     stores = {}
     for plan in ("stages", "fused"):
         run_extract(*data, f"out={tmp_path / plan}", f"plan.mode={plan}")
         root = tmp_path / plan / "demo"
         report = json.loads((root / "report.json").read_text())
-        assert report["run"]["plan"] == plan and report["videos_ok"] == 2
+        assert report["run"]["plan"] == plan and report["videos_ok"] == 3
         stores[plan] = root
     fs = FeatureStore(stores["fused"])
-    assert fs.video_ids == [f"demo_{i:04d}" for i in range(2)]
+    assert fs.video_ids == [f"demo_{i:04d}" for i in range(3)]
     for vid in fs.video_ids:
         assert fs.has(vid, "flow") and np.isfinite(fs.get(vid, "flow")).all()
         meta = fs.meta(vid)["model_meta"]["flow"]
