@@ -65,11 +65,12 @@ test-fast: $(STAMP)  ## tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmarks.md)
-	$(PY) scripts/bench.py $(ARGS)
 	$(PY) scripts/bench_flow.py
 	$(PY) scripts/bench_decode.py
-	@if [ -f scripts/bench_train.py ]; then $(PY) scripts/bench_train.py; fi
+	@test -d $(OUT)/demo || $(PY) scripts/extract.py dataset=demo features=tiny out=$(OUT)
+	$(PY) scripts/bench_train.py out=$(OUT)
 	$(PY) scripts/bench_reference.py
+	$(PY) scripts/bench.py $(ARGS)  # last: its table gathers every bench/results/*.json
 
 # Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they
 # must be on a filesystem every node mounts at the same path); nothing is installed on the cluster.
