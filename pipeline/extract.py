@@ -86,26 +86,24 @@ def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool)
         n = int(res.get("concurrency", 1))
         need["CPU"] += float(res.get("num_cpus", 1)) * n
         need["GPU"] += float(res.get("num_gpus") or 0) * n
-    short = [k for k in need if need[k] > have.get(k, 0.0) + 1e-9]
-    if not short:
-        return
-    msg = (f"the stages' actor pools need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray cluster has "
-           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs ({describe(features, store_cfg)}). Lower some stages' "
-           f"resources, e.g. ARGS=\"features.extractors.depth.resources.num_cpus=0.5\", or use more machines.")
-    if local:
-        raise ExtractError(msg)
-    log.warning("%s Waiting for the cluster to scale.", msg)
+    _place(need, have, "the stages' actor pools", f" ({describe(features, store_cfg)}). Lower some stages' resources, "
+           f"e.g. ARGS=\"features.extractors.depth.resources.num_cpus=0.5\", or use more machines.", local=local)
 
 
 def check_fused(fused: dict, have: dict, *, local: bool) -> None:
     """The fused plan's one pool must fit too (numbers given by hand may not)."""
     n = int(fused["concurrency"])
     need = {"CPU": float(fused["num_cpus"]) * n, "GPU": float(fused["num_gpus"]) * n}
+    _place(need, have, f"the fused plan's {n} actors", ". Lower plan.fused.num_cpus/num_gpus/concurrency (or leave "
+           "them auto), or use more machines.", local=local)
+
+
+def _place(need: dict, have: dict, what: str, advice: str, *, local: bool) -> None:
+    """Refuse (a local Ray) or warn about (a cluster, which may autoscale) actors that do not fit."""
     if all(need[k] <= have.get(k, 0.0) + 1e-9 for k in need):
         return
-    msg = (f"the fused plan's {n} actors need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray cluster has "
-           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs. Lower plan.fused.num_cpus/num_gpus/"
-           f"concurrency (or leave them auto), or use more machines.")
+    msg = (f"{what} need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs but the Ray cluster has "
+           f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs{advice}")
     if local:
         raise ExtractError(msg)
     log.warning("%s Waiting for the cluster to scale.", msg)
