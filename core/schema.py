@@ -1,7 +1,9 @@
 """The records every part of the project agrees on.
 
 Dataset adapters produce `VideoEntry` and `QARecord`; the Ray graph moves one *shard payload*
-(a plain dict, pickled between stages) through the stages; the store writes it.
+(a plain dict: pickled once per hop in the per-stage plan, not at all in the fused plan) through
+the stages; the store writes it. After each stage the fields no later stage reads leave it
+(pipeline.graph.drop_plan).
 
 Shard payload (what an extractor's ``__call__(batch) -> batch`` receives and returns)::
 
@@ -9,6 +11,7 @@ Shard payload (what an extractor's ``__call__(batch) -> batch`` receives and ret
       "shard_id": "train-00003", "split": "train",
       "videos": [video, ...],           # in shard order; never reordered or dropped by a stage
       "timings": {stage_name: seconds},  # accumulated by the stage runner
+      "hops": {stage_name: bytes},       # array bytes each stage handed on (the marker keeps them)
     }
 
 A ``video`` dict holds (keys are added stage by stage):
@@ -21,7 +24,7 @@ A ``video`` dict holds (keys are added stage by stage):
                                                     the rest of the record is written
     frames: uint8 [F, H, W, 3]                      RGB at the stored frame indices
     next_frames: uint8 [F, H, W, 3] | None          the source frame after each stored frame (for flow)
-    frame_indices: int64 [F], timestamps: float64 [F], fps, num_frames, decoder
+    frame_indices: int64 [F], timestamps: float64 [F], fps, num_frames, decoder, size ([H, W] stored)
     audio: float32 [S] | None (16 kHz mono), audio_sr
     maps: {"depth": float32 [F, H, W] (metres), "flow": float32 [F, 2, H, W] (dx, dy pixels),
            "normal": float32 [F, 3, H, W] (unit, camera frame)}
