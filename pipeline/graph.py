@@ -224,7 +224,10 @@ class DecodeStage:
                 video["errors"].append({**entry, "reason": f"{m} stream: {entry['reason']}"})
 
     def __call__(self, batch: dict) -> dict:
-        return _out([_timed(self.name, self.run, p, self.later_reads) for p in _rows(batch)])
+        return _out([self.timed(p) for p in _rows(batch)])
+
+    def timed(self, payload: dict) -> dict:
+        return _timed(self.name, self.run, payload, self.later_reads)
 
 
 def _timed(name: str, fn, payload: dict, later_reads=_ALL) -> dict:
@@ -373,8 +376,7 @@ class FusedStage:
     def __call__(self, batch: dict) -> dict:
         markers = []
         for payload in _rows(batch):
-            payload = _timed(self.decode.name, self.decode.run, payload, self.decode.later_reads)
-            for stage in self.stages:
+            for stage in (self.decode, *self.stages):
                 payload = stage.timed(payload)
             markers.append(self.writer.write(payload))
         return {"marker": np.array(markers, dtype=object)}

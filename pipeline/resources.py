@@ -159,22 +159,20 @@ def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int) -> dict:
     cluster with ``have`` and a pass of ``shards`` shards (never more actors than shards)."""
     res = {k: plan_cfg.get(k, AUTO) for k in KEYS}
     cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
-    nodes = {"decode": features["decode"].get("resources") or {},
-             **{n: e.get("resources") or {} for n, e in features["extractors"].items()}}
-    use_gpu = gpus >= 0.01 and any(wants_gpu(n, r) for n, r in nodes.items())
-    if _is_auto(res["num_gpus"]):
-        res["num_gpus"] = None if use_gpu else 0
+    if _is_auto(res["num_gpus"]):  # a GPU where some stage would use one
+        use_gpu = gpus >= 0.01 and any(wants_gpu(n, r) for n, r in stage_nodes(copy.deepcopy(features), {}).items())
+    else:
+        use_gpu = float(res["num_gpus"]) > 0
     if _is_auto(res["concurrency"]):
         per_gpu = max(1, int(plan_cfg.get("actors_per_gpu", 2) or 1))
-        n = max(1, int(gpus * per_gpu)) if (res["num_gpus"] is None or float(res["num_gpus"] or 0) > 0) and use_gpu \
-            else max(1, int(cpus // max(_num(res["num_cpus"], 1.0), 0.01)))
+        n = int(gpus * per_gpu) if use_gpu else int(cpus // max(_num(res["num_cpus"], 1.0), 0.01))
         res["concurrency"] = max(1, min(n, shards))
     n = int(res["concurrency"])
-    if res["num_gpus"] is None:
-        res["num_gpus"] = 1 if gpus / n >= 1 else _floor(gpus / n)
+    if _is_auto(res["num_gpus"]):
+        res["num_gpus"] = (1 if gpus / n >= 1 else _floor(gpus / n)) if use_gpu else 0
     if _is_auto(res["num_cpus"]):
         # one CPU per actor without a GPU (more actors instead); with one, the CPUs split between them
-        res["num_cpus"] = _floor(cpus / n) if cpus < n else (int(cpus // n) if res["num_gpus"] else 1)
+        res["num_cpus"] = _floor(cpus / n) if cpus < n else (int(cpus // n) if use_gpu else 1)
     res["num_gpus"], res["num_cpus"] = float(res["num_gpus"] or 0), float(res["num_cpus"])
     return {**res, **{k: plan_cfg[k] for k in ("max_restarts", "max_task_retries") if plan_cfg.get(k) is not None}}
 
