@@ -29,6 +29,10 @@ if ! command -v uv >/dev/null; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 echo "setup: uv sync (locked; first run downloads torch & co, a few minutes)"
-uv sync --locked
+# --compile-bytecode: every package's .pyc is written now, once. Without it, a machine that sets
+# PYTHONDONTWRITEBYTECODE (these VMs do; many container images do) compiles torch, transformers
+# and ray from source in EVERY process: measured 10.8 s -> 4.6 s to import and build the tiny
+# extractors in one fresh process, and each Ray worker and CLI run pays that.
+uv sync --locked --compile-bytecode
 .venv/bin/python -c "import open3d, decord, av, torch, ray, zarr, transformers, peft" \
   && echo "setup: environment ready (.venv)"
