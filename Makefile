@@ -59,7 +59,7 @@ preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> P
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)  ## tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow" tests
