@@ -26,6 +26,7 @@ import json
 import pickle
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -418,16 +419,23 @@ def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: 
     if plan == "fused":
         res = dict(fused or {})
         threads = max(1, int(float(res.get("num_cpus", 1))))
-        return ds.map_batches(FusedStage, fn_constructor_kwargs={
-            "decode_cfg": features["decode"], "extractors": features["extractors"], "writer": writer,
-            "drops": drops, "threads": threads}, batch_size=1, **_resources(res))
+        return _map(ds, FusedStage, {"decode_cfg": features["decode"], "extractors": features["extractors"],
+                                     "writer": writer, "drops": drops, "threads": threads}, res)
     if plan != "stages":
         raise ValueError(f"unknown plan {plan!r}: stages | fused")
-    ds = ds.map_batches(DecodeStage, fn_constructor_kwargs={"decode_cfg": features["decode"],
-                                                             "later_reads": drops["decode"]},
-                        batch_size=1, **_resources(decode_resources))
+    ds = _map(ds, DecodeStage, {"decode_cfg": features["decode"], "later_reads": drops["decode"]}, decode_resources)
     for name, ext in features["extractors"].items():
-        ds = ds.map_batches(ExtractorStage, fn_constructor_kwargs={"name": name, "cfg": ext, "later_reads": drops[name]},
-                            batch_size=1, **_resources(ext.get("resources")))
-    return ds.map_batches(ShardWriterStage, fn_constructor_kwargs=writer, batch_size=1,
-                          **_resources(store_cfg.get("resources")))
+        ds = _map(ds, ExtractorStage, {"name": name, "cfg": ext, "later_reads": drops[name]}, ext.get("resources"))
+    return _map(ds, ShardWriterStage, writer, store_cfg.get("resources"))
+
+
+def _map(ds, cls, kwargs: dict, resources: dict | None):
+    """One stage's actor pool, a shard per call.
+
+    Ray Data 2.60 has no named parameter for ``max_restarts`` / ``max_task_retries`` (the bounded
+    retries of architecture.md), only the ``**ray_remote_args`` it warns about as deprecated on
+    every call; that one warning is silenced here. A Ray without them fails loudly at this call.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=1, **_resources(resources))

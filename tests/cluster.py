@@ -66,15 +66,20 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def free_port_range(width: int, lo: int = 20000, hi: int = 60000) -> tuple[int, int]:
-    """A block of `width` consecutive ports that are all free now (for Ray's worker processes)."""
+def free_port_range(width: int, avoid: set[int], lo: int = 20000, hi: int = 32000) -> tuple[int, int]:
+    """A block of `width` consecutive ports that are all free now and hold none of `avoid` (for
+    Ray's worker processes; `ray start` refuses a node whose fixed ports fall inside its worker range).
+
+    Below Linux's ephemeral range (32768+), where `free_ports` and every outgoing connection get
+    their ports, so no other component or connection lands in the block later either.
+    """
     import random
 
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
         start = rng.randrange(lo, hi - width)
-        ok = True
-        for port in range(start, start + width):
+        ok = not avoid.intersection(range(start, start + width))
+        for port in range(start, start + width) if ok else ():
             with socket.socket() as s:
                 try:
                     s.bind((HOST, port))
@@ -116,9 +121,11 @@ class LocalCluster:
         per_node = ["node_manager", "object_manager", "agent_listen", "agent_grpc", "runtime_env_agent", "metrics"]
         ports = free_ports(3 + len(per_node) * len(names))
         self.gcs_port, self.dashboard_port, self.client_port = ports[:3]
+        taken = set(ports)
         for i, name in enumerate(names):
             mine = dict(zip(per_node, ports[3 + i * len(per_node):3 + (i + 1) * len(per_node)]))
-            mine["min_worker"], mine["max_worker"] = free_port_range(100)
+            mine["min_worker"], mine["max_worker"] = free_port_range(100, taken)
+            taken.update(range(mine["min_worker"], mine["max_worker"] + 1))  # the nodes' blocks differ too
             self.nodes[name] = Node(name, self.base / name[:2], self.num_cpus[name], mine)
 
     # ------------------------------------------------------------------ addresses
