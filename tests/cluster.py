@@ -66,6 +66,9 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+_WORKER_BLOCKS: set[int] = set()  # worker ports handed to clusters started by this process
+
+
 def free_port_range(width: int, avoid: set[int], lo: int = 20000, hi: int = 32000) -> tuple[int, int]:
     """A block of `width` consecutive ports that are all free now and hold none of `avoid` (for
     Ray's worker processes; `ray start` refuses a node whose fixed ports fall inside its worker range).
@@ -121,11 +124,13 @@ class LocalCluster:
         per_node = ["node_manager", "object_manager", "agent_listen", "agent_grpc", "runtime_env_agent", "metrics"]
         ports = free_ports(3 + len(per_node) * len(names))
         self.gcs_port, self.dashboard_port, self.client_port = ports[:3]
-        taken = set(ports)
+        taken = set(ports) | _WORKER_BLOCKS  # nor the blocks of this process's other clusters (the session's Ray)
         for i, name in enumerate(names):
             mine = dict(zip(per_node, ports[3 + i * len(per_node):3 + (i + 1) * len(per_node)]))
             mine["min_worker"], mine["max_worker"] = free_port_range(100, taken)
-            taken.update(range(mine["min_worker"], mine["max_worker"] + 1))  # the nodes' blocks differ too
+            block = range(mine["min_worker"], mine["max_worker"] + 1)
+            taken.update(block)  # the nodes' blocks differ too
+            _WORKER_BLOCKS.update(block)
             self.nodes[name] = Node(name, self.base / name[:2], self.num_cpus[name], mine)
 
     # ------------------------------------------------------------------ addresses
