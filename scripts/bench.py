@@ -170,8 +170,12 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=1200,
                     help="videos of one more run with the default plan: how the fixed start-up amortises (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/extract.json"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw bench/results/bench.png from the JSON files, run nothing")
     ap.add_argument("--tmp", default=str(ROOT / "bench/tmp"))
     args = ap.parse_args()
+    if args.plot_only:
+        print(f"wrote {plot(json.loads(Path(args.out).read_text()), Path(args.out).with_name('bench.png'))}")
+        return
     tmp = Path(args.tmp)
     from pipeline.demo import ensure_demo
     from pipeline.extract import start_ray
@@ -247,12 +251,69 @@ def main() -> None:
                             "decodes": [fan[0]["videos_decoded"], singles[0]["videos_decoded"]]}
         save()
     print_table(result, small, large, args.scale)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot(result, out.with_name('bench.png'))}")
 
 
 def _load(name: str) -> dict | None:
     path = ROOT / "bench/results" / name
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Two panels: where an extraction's wall clock goes as the videos grow (both plans, the ideal
+    busy / CPUs beneath), and the reference's workflow against this project by phase (reference.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cpus = result["machine"]["ray_cpus"]
+    for plan, color in (("fused", "tab:blue"), ("stages", "tab:orange")):
+        pts = sorted((int(k.split("_")[1]), v) for k, v in result["summary"].items() if k.startswith(plan + "_"))
+        if plan == result.get("long", {}).get("plan"):
+            pts.append((result["long"]["videos"], result["long"]))
+        n = [p[0] for p in pts]
+        a.plot(n, [p[1]["wall_s"] for p in pts], "o-", color=color, label=f"{plan} plan: wall")
+        a.plot(n, [p[1]["busy_s"] / cpus for p in pts], "o:", color=color, alpha=0.6,
+               label=f"{plan} plan: stage busy / {cpus} CPUs (the ideal)")
+        for x, v in pts:
+            a.annotate(f"{1 / v['efficiency']:.2f}x", (x, v["wall_s"]), textcoords="offset points", xytext=(4, 6),
+                       fontsize=8, color=color)
+    a.set(xscale="log", yscale="log", xlabel="demo videos", ylabel="seconds",
+          title="extraction: wall vs its own work (label: wall / ideal)")
+    a.set_ylim(top=a.get_ylim()[1] * 1.6)  # room for the labels on the log scale
+    a.legend(fontsize=8)
+    ref = _load("reference.json")
+    if ref:
+        per = ref["comparison"]["per_epochs"]
+        phases = [("preprocessing", "extraction"), ("encoder", "frozen encoders"), ("data_loading", "waiting for data"),
+                  ("optimizer_steps", "optimizer steps")]
+        labels, x = [], 0
+        for e in sorted(per, key=int):
+            for side in ("reference", "project"):
+                bottom = 0.0
+                for i, (key, name) in enumerate(phases):
+                    val = per[e][key][f"{side}_s"]
+                    b.bar(x, val, bottom=bottom, color=f"C{i}", label=name if x == 0 else None)
+                    bottom += val
+                total = per[e]["end_to_end"][f"{side}_s"]  # the rest: the training loop's own time
+                b.bar(x, max(0.0, total - bottom), bottom=bottom, color="0.7", label="rest of the loop" if x == 0 else None)
+                b.annotate(f"{total:.0f} s", (x, max(total, bottom)), ha="center", va="bottom", fontsize=8)
+                labels.append(f"{side}\nE={e}")
+                x += 1
+            top = max(per[e]["end_to_end"]["reference_s"], per[e]["end_to_end"]["project_s"])
+            b.annotate(f"reference / project {per[e]['end_to_end']['ratio']:.2f}x", (x - 1.5, top), ha="center",
+                       va="bottom", fontsize=9, xytext=(0, 14), textcoords="offset points")
+        b.set_xticks(range(len(labels)), labels, fontsize=8)
+        b.set_ylim(top=b.get_ylim()[1] * 1.12)
+        b.set(ylabel="seconds", title=f"reference workflow vs this project ({ref['preset']} preset, {ref['videos']} videos)")
+        b.legend(fontsize=8)
+    fig.suptitle(f"make bench, {result['when']}: {result['machine']['cpus']} CPUs, no GPU, {result['preset']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def print_table(result: dict, small: int, large: int, scale: int) -> None:
