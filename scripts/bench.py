@@ -170,11 +170,13 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=1200,
                     help="videos of one more run with the default plan: how the fixed start-up amortises (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/extract.json"))
-    ap.add_argument("--plot-only", action="store_true", help="redraw bench/results/bench.png from the JSON files, run nothing")
+    ap.add_argument("--plot-only", action="store_true", help="print the table and redraw bench/results/bench.png from the JSON files; run nothing")
     ap.add_argument("--tmp", default=str(ROOT / "bench/tmp"))
     args = ap.parse_args()
     if args.plot_only:
-        print(f"wrote {plot(json.loads(Path(args.out).read_text()), Path(args.out).with_name('bench.png'))}")
+        result = json.loads(Path(args.out).read_text())
+        print_table(result, args.videos, args.videos * args.scale, args.scale)
+        print(f"wrote {plot(result, Path(args.out).with_name('bench.png'))}")
         return
     tmp = Path(args.tmp)
     from pipeline.demo import ensure_demo
@@ -330,8 +332,9 @@ def print_table(result: dict, small: int, large: int, scale: int) -> None:
         rows.append((f"  {x['videos']} videos, one run ({x['plan']}): wall / busy / efficiency",
                      f"{x['wall_s']} s / {x['busy_s']} s / {x['efficiency']} (wall = {1 / x['efficiency']:.2f} x busy/CPUs)"))
     m = result["memory"]
+    peak = {int(k): v for k, v in m["peak_pss_mib"].items()}  # int keys in a run, strings once read from JSON
     rows.append((f"peak memory of `make extract` (PSS), {small} -> {large} videos",
-                 f"{m['peak_pss_mib'][small]:.0f} -> {m['peak_pss_mib'][large]:.0f} MiB ({m[f'growth_{scale}x']:+.1%})"))
+                 f"{peak[small]:.0f} -> {peak[large]:.0f} MiB ({m[f'growth_{scale}x']:+.1%})"))
     hc = result["hop_cost"]
     rows.append(("largest payload hop (stages plan): bytes, pickle+unpickle",
                  f"{hc['largest_hop_bytes'] / MiB:.1f} MiB, {hc['seconds'] * 1000:.0f} ms"))
