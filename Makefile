@@ -79,7 +79,7 @@ SUBMIT_DATASET = dataset=$(DATASET) \
 submit:  ## submit extraction to a running Ray cluster: make submit DATASET=nextqa RAY_ADDRESS=http://head:8265 OUT=/shared/feats
 	@test -x .venv/bin/ray || { echo "error: no .venv/bin/ray here: run make setup first (it only needs the ray CLI)" >&2; exit 2; }
 	@echo "submit: OUT=$(abspath $(OUT)) and data under $(if $(DATA),$(abspath $(DATA)),$(abspath $(or $(CREMA_DATA),data))): paths every node must see"
-	.venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . --runtime-env scripts/ray_job.yaml $(SUBMIT_FLAGS) -- \
+	.venv/bin/python scripts/submit.py .venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . --runtime-env scripts/ray_job.yaml $(SUBMIT_FLAGS) -- \
 	  env CREMA_DATA=$(abspath $(or $(CREMA_DATA),data)) sh scripts/ray_job.sh $(CLUSTER_PYTHON) \
 	  $(SUBMIT_DATASET) features=$(FEATURES) out=$(abspath $(OUT)) ray.address=auto $(ARGS)
 
