@@ -68,9 +68,10 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     if status != "SUCCEEDED":
-        print(f"submit: error: job {sid} ended {status}, not SUCCEEDED (stopped by `ray job stop`, the dashboard "
-              "or the cluster). The store keeps every shard the job finished; `make submit` again with the same "
-              "OUT extracts the rest.", file=sys.stderr)
+        why = ("stopped by `ray job stop`, the dashboard or the cluster" if status == "STOPPED"
+               else f"the log tail ended but the job server still says {status}; see `ray job status {sid}`")
+        print(f"submit: error: job {sid} ended {status}, not SUCCEEDED ({why}). The store keeps every shard the "
+              "job finished; `make submit` again with the same OUT extracts the rest.", file=sys.stderr)
         return 1
     print(f"submit: job {sid} SUCCEEDED", flush=True)
     return 0
