@@ -252,6 +252,14 @@ def _node() -> dict | None:
     return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
+def build_extractor(cfg: dict):
+    """An extractor from its resolved config node (its ``_target_`` class), as every actor builds it."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    return get_class(cfg["_target_"])(OmegaConf.create(cfg))
+
+
 class ExtractorStage:
     """Runs one extractor (built from its config, in the actor) over whole shards.
 
@@ -261,9 +269,6 @@ class ExtractorStage:
     """
 
     def __init__(self, name: str, cfg: dict, later_reads=_ALL, threads: int | None = None):
-        from hydra.utils import get_class
-        from omegaconf import OmegaConf
-
         self.name, self.later_reads = name, tuple(later_reads)
         if threads is None:
             cpus = (cfg.get("resources") or {}).get("num_cpus", 1)
@@ -274,7 +279,7 @@ class ExtractorStage:
         # keeps its type (RayTaskError.cause) and the driver catches it as ModelUnavailableError.
         self.unavailable: ModelUnavailableError | None = None
         try:
-            self.extractor = get_class(cfg["_target_"])(OmegaConf.create(cfg))
+            self.extractor = build_extractor(cfg)
         except ModelUnavailableError as err:
             self.unavailable = err
 

@@ -44,12 +44,13 @@ sys.path.insert(0, str(ROOT))
 MiB = 2**20
 
 
-def compose(overrides: list[str]):
+def compose(config_name: str, overrides: list[str]):
+    """conf/<config_name>.yaml with overrides (the bench scripts' one way to read the config)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="extract", overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides)
 
 
 def demo(tmp: Path, n: int) -> list[str]:
@@ -128,7 +129,7 @@ def extract_once(overrides: list[str], out: Path) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     wait_for_quiet()
-    cfg = compose(overrides + [f"out={out}"])
+    cfg = compose("extract", overrides + [f"out={out}"])
     t0 = time.perf_counter()
     report = run_extract(cfg)
     wall = time.perf_counter() - t0
@@ -184,7 +185,7 @@ def main() -> None:
 
     small, large = args.videos, args.videos * args.scale
     for n in (small, large, *([args.long] if args.long else [])):
-        ensure_demo(compose(demo(tmp, n)).dataset)  # the videos exist before anything is timed
+        ensure_demo(compose("extract", demo(tmp, n)).dataset)  # the videos exist before anything is timed
     start_ray({"num_cpus": args.num_cpus})
     result = {"machine": {"cpus": os.cpu_count(), "ray_cpus": args.num_cpus,
                           "ram_gib": round(psutil.virtual_memory().total / 2**30),
@@ -237,7 +238,7 @@ def main() -> None:
 
     # 2. fan-out, interleaved
     if not args.skip_fanout:
-        mods = list(compose(demo(tmp, small)).dataset.modalities)  # the demo's (no touch/thermal streams)
+        mods = list(compose("extract", demo(tmp, small)).dataset.modalities)  # the demo's (no touch/thermal streams)
         fan, singles = [], []
         for r in range(args.repeats):
             fan.append(extract_once(demo(tmp, small), tmp / "fanout"))

@@ -36,6 +36,9 @@ import psutil
 import torch
 
 from core.modalities import FRAME, STREAMS
+from pipeline.extract import start_ray
+from pipeline.graph import build_extractor
+from scripts.bench import compose
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -46,14 +49,6 @@ IMAGE_MODALITIES = tuple(m for m in FRAME if m not in STREAMS)
 
 
 # ----------------------------------------------------------------------------- configs and tools
-
-
-def compose(config_name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
 
 
 def ffmpeg_exe() -> str:
@@ -71,14 +66,6 @@ def run_ffmpeg(args: list[str]) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"ffmpeg failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
-
-
-def build_stage(ext_cfg: dict):
-    """An extractor exactly as the pipeline's actors build it (pipeline/graph.py)."""
-    from hydra.utils import get_class
-    from omegaconf import OmegaConf
-
-    return get_class(ext_cfg["_target_"])(OmegaConf.create(ext_cfg))
 
 
 def dir_bytes(path: Path) -> int:
@@ -228,7 +215,7 @@ class Reference:
 
         def timed(name, fn, *stages):
             t0 = time.perf_counter()
-            built = [build_stage(ext[s]) for s in stages]
+            built = [build_extractor(ext[s]) for s in stages]
             build[name] = time.perf_counter() - t0
             fn(*built)
             seconds[name] = time.perf_counter() - t0
@@ -375,8 +362,8 @@ def bench_training(store: Path, ref_root: Path, data_overrides: list[str], featu
     ext = features["extractors"]
     proj = make_trainer(store, data_overrides, tmp / "train_project", epochs, preset)
     ref = make_trainer(store, data_overrides, tmp / "train_reference", epochs, preset)
-    encoder = build_stage(ext["encoder"])
-    audio = build_stage(ext["audio"]) if "audio" in ref.modalities else None
+    encoder = build_extractor(ext["encoder"])
+    audio = build_extractor(ext["audio"]) if "audio" in ref.modalities else None
     encoders = FrozenEncoders(encoder, audio)
     ref_ds, ref_sampler, ref_loader = reference_loader(ref, ref_root, encoder, dict(ext["depth"].get("render") or {}))
     rows = {"reference": [], "project": []}
@@ -567,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                           "load_avg_start": os.getloadavg()}}
     t0 = time.perf_counter()
-    start_ray_patiently(args.num_cpus)
+    start_ray({"num_cpus": args.num_cpus})
     result["project_ray_start_s"] = time.perf_counter() - t0
     from pipeline.extract import run_extract
 
@@ -606,22 +593,6 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(result)
     print(f"wrote {out}")
     return result
-
-
-def start_ray_patiently(num_cpus: int, attempts: int = 3) -> None:
-    """start_ray, tried again on a machine too busy for Ray's start-up deadline (not timed)."""
-    import ray
-
-    from pipeline.extract import start_ray
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return start_ray({"num_cpus": num_cpus})
-        except Exception:
-            if attempt == attempts:
-                raise
-            ray.shutdown()
-            time.sleep(10)
 
 
 def best_run(runs: list[dict]) -> dict:

@@ -54,7 +54,7 @@ def test_jpeg_dump_holds_the_projects_stored_frames(ref):
 
 
 def test_depth_pngs_hold_the_models_depth_within_png_quantisation(ref):
-    stage = br.build_stage(ref["features"]["extractors"]["depth"])
+    stage = br.build_extractor(ref["features"]["extractors"]["depth"])
     v = ref["videos"][0]
     depth = stage.predict(br.read_rgb(ref["ref"].frame_paths(v.video_id)))
     stored = br.read_depth_png(ref["ref"].frame_paths(v.video_id, sub="depth", ext="png"))
@@ -97,7 +97,7 @@ def test_a_reference_step_encodes_the_files_and_trains(ref):
     _random_store(ref, br.compose("train", [*ref["data"], "features=tiny", f"store={tmp}/store"]))
     trainer = br.make_trainer(tmp / "store", [*ref["data"], "trainer.data.num_workers=0"], tmp / "run", 1, "tiny")
     ext = ref["features"]["extractors"]
-    encoders = br.FrozenEncoders(br.build_stage(ext["encoder"]), br.build_stage(ext["audio"]))
+    encoders = br.FrozenEncoders(br.build_extractor(ext["encoder"]), br.build_extractor(ext["audio"]))
     ds, sampler, loader = br.reference_loader(trainer, ref["ref"].root, encoders.encoder, dict(ext["depth"]["render"]))
     batch = next(iter(loader))
     encoders(batch)
