@@ -169,16 +169,33 @@ def _exts(cfg: dict) -> tuple[str, ...]:
 class _MediaResolver:
     """Maps an annotation's video name to a path: the name as given if it has a known extension,
     else the first `<name><ext>` that exists, else a frame directory `<name>/` if it exists, else
-    `<name><first ext>` (the pipeline reports it missing later)."""
+    `<name><first ext>` (the pipeline reports it missing later).
 
-    def __init__(self, video_dir, exts: tuple[str, ...]):
-        self.video_dir, self.exts = Path(video_dir), exts
+    A name that leads outside `video_dir` (`../x`, `/etc/passwd`) is an error of its row unless
+    the dataset config sets `allow_absolute_paths: true`: an annotation file is data, and data
+    must not pick which files on this machine get read into a store.
+    """
+
+    def __init__(self, video_dir, exts: tuple[str, ...], *, allow_outside: bool = False):
+        self.video_dir, self.exts, self.allow_outside = Path(video_dir), exts, allow_outside
         self._cache: dict[str, str] = {}
 
-    def __call__(self, name: str) -> str:
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "_MediaResolver":
+        return cls(cfg["video_dir"], _exts(cfg), allow_outside=bool(cfg.get("allow_absolute_paths", False)))
+
+    def __call__(self, name: str, row: "_Row | None" = None, key: str = "video") -> str:
         if name not in self._cache:
+            self._check_inside(name, row, key)
             self._cache[name] = self._resolve(name)
         return self._cache[name]
+
+    def _check_inside(self, name: str, row: "_Row | None", key: str) -> None:
+        if self.allow_outside or _inside(self.video_dir, name):
+            return
+        problem = (f"is {name!r}, which leads outside the video folder {self.video_dir}; name videos relative to "
+                   f"it, or set dataset.allow_absolute_paths=true if this annotation file is trusted")
+        raise row.error(key, problem) if row is not None else AnnotationError(f"video name {problem}")
 
     def _resolve(self, name: str) -> str:
         base = self.video_dir / name
@@ -189,6 +206,15 @@ class _MediaResolver:
             if candidate.is_file():
                 return str(candidate)
         return str(base) if base.is_dir() else str(candidates[0])
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """True when `folder/name` stays under `folder` by its spelling (symlinks inside a dataset
+    folder that point elsewhere are the user's own layout, so they are not followed here)."""
+    if os.path.isabs(name) or name.startswith("~"):
+        return False
+    parts = Path(os.path.normpath(name)).parts
+    return bool(parts) and parts[0] != ".."
 
 
 def _annotation_paths(cfg: dict) -> dict[str, str]:
@@ -280,7 +306,7 @@ def _qid_prefix(qid: str) -> str:
 
 
 def _sevila_pairs(path: str, split: str, cfg: dict) -> list[Pair]:
-    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
+    resolve = _MediaResolver.from_cfg(cfg)
     pairs = []
     for r in _json_rows(path, NEXTQA_SCHEMA, "qid"):
         video_name, qid = r.text("video"), r.text("qid")
@@ -290,7 +316,7 @@ def _sevila_pairs(path: str, split: str, cfg: dict) -> list[Pair]:
             qid=qid, video_id=video_id, split=split, question=r.text("question"),
             answer=options[answer], options=options, answer_idx=answer, qtype=_qid_prefix(qid),
         )
-        pairs.append((VideoEntry(video_id, resolve(video_name), split), qa))
+        pairs.append((VideoEntry(video_id, resolve(video_name, r, "video"), split), qa))
     _check_unique_qids(pairs, path)
     return pairs
 
@@ -324,7 +350,7 @@ def _video_map(path: str) -> dict[str, str]:
 
 
 def _nextqa_csv_pairs(path: str, split: str, cfg: dict, vidor: dict[str, str]) -> list[Pair]:
-    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
+    resolve = _MediaResolver.from_cfg(cfg)
     pairs = []
     for i, row in enumerate(_read_csv(path, NEXTQA_CSV_SCHEMA, NEXTQA_CSV_COLUMNS)):
         r = _Row(path, i, row, NEXTQA_CSV_SCHEMA, ("video", "qid"))
@@ -338,7 +364,7 @@ def _nextqa_csv_pairs(path: str, split: str, cfg: dict, vidor: dict[str, str]) -
             qid=f"{qtype}_{video}_{number}", video_id=video_id, split=split, question=r.text("question"),
             answer=options[answer], options=options, answer_idx=answer, qtype=qtype,
         )
-        pairs.append((VideoEntry(video_id, resolve(vidor[video]), split), qa))
+        pairs.append((VideoEntry(video_id, resolve(vidor[video], r, "video"), split), qa))
     _check_unique_qids(pairs, path)
     return pairs
 
@@ -414,6 +440,9 @@ def _trimmed_pairs(path: str, split: str, cfg: dict, end_required: bool) -> list
     pairs = []
     for r in _json_rows(path, TRIMMED_SCHEMA, ("question_id", "qid")):
         recording, question_id = r.text("video_id"), r.integer("question_id")
+        if not cfg.get("allow_absolute_paths") and not _inside(media.video_dir, recording):
+            raise r.error("video_id", f"is {recording!r}, which leads outside the video folder {media.video_dir}; "
+                                      f"or set dataset.allow_absolute_paths=true if this annotation file is trusted")
         options, answer = _multiple_choice(r)
         start, end = _window(r, end_required)
         clip = media.clip(question_id)
@@ -488,7 +517,7 @@ def _fill_slots(r: _Row) -> str:
 
 def music_avqa(cfg: dict) -> DatasetIndex:
     """MUSIC-AVQA `json_update` files: open-ended, question lower-cased, answer from "anser"."""
-    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
+    resolve = _MediaResolver.from_cfg(cfg)
 
     def read(path: str, split: str) -> list[Pair]:
         pairs = []
@@ -504,7 +533,7 @@ def music_avqa(cfg: dict) -> DatasetIndex:
                 answer=raw_answer.replace("_", " "),
                 qtype="/".join(types), extra={"type": types, "anser": raw_answer},
             )
-            pairs.append((VideoEntry(video_id, resolve(raw_id), split), qa))
+            pairs.append((VideoEntry(video_id, resolve(raw_id, r, "video_id"), split), qa))
         _check_unique_qids(pairs, path)
         return pairs
 
@@ -525,7 +554,7 @@ def _sqa3d_qtype(question: str) -> str:
 def sqa3d(cfg: dict) -> DatasetIndex:
     """SQA3D in the ScanQA format. The "video" is the scene's egocentric video
     `<video_dir>/<scene_id>.mp4`, or a folder `<video_dir>/<scene_id>/` of frames when that exists."""
-    resolve = _MediaResolver(cfg["video_dir"], _exts(cfg))
+    resolve = _MediaResolver.from_cfg(cfg)
 
     def read(path: str, split: str) -> list[Pair]:
         pairs = []
@@ -542,7 +571,7 @@ def sqa3d(cfg: dict) -> DatasetIndex:
                 answer=answers[0], qtype=_sqa3d_qtype(question),
                 extra={"situation": r.text("situation"), "answers": list(answers)},
             )
-            pairs.append((VideoEntry(video_id, resolve(scene), split), qa))
+            pairs.append((VideoEntry(video_id, resolve(scene, r, "scene_id"), split), qa))
         _check_unique_qids(pairs, path)
         return pairs
 
@@ -603,7 +632,11 @@ def videos(cfg: dict) -> DatasetIndex:
     entries: dict[str, VideoEntry] = {}
     for rel, full in found:
         video_id = safe_video_id(rel)
-        entries.setdefault(video_id, VideoEntry(video_id, str(full), "all"))
+        first = entries.setdefault(video_id, VideoEntry(video_id, str(full), "all"))
+        if first.path != str(full):  # the same file listed twice is one video; two files are two
+            raise AnnotationError(
+                f"dataset {cfg.get('name', 'videos')!r}: {first.path} and {full} both map to video_id "
+                f"{video_id!r}; rename one of them (each video needs its own id, or one would be dropped)")
     return DatasetIndex(name=cfg.get("name", "videos"), videos=list(entries.values()), qa={})
 
 

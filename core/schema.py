@@ -40,26 +40,44 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 SPLITS = ("train", "val", "test")
 
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Letters and digits of any script stay (a user reads `ü.mp4` as such); separators, whitespace,
+# controls and path characters do not.
+_ID_UNSAFE = re.compile(r"[^\w.-]+")
+# Bytes, not characters: a raw map is stored under raw/<video_id>/, and filesystems cap a name at
+# 255 bytes; 120 leaves room for Zarr's and the temporaries' own suffixes.
+MAX_ID_BYTES = 120
+_HASH_LEN = 8
+
+
+def _id_hash(raw: str) -> str:
+    return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+
+
+def _cap(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, never inside a character."""
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
 
 
 def safe_video_id(raw: str) -> str:
     """A deterministic, filesystem- and Zarr-safe id derived from a dataset's own video id.
 
-    Ids that are already safe are kept verbatim (so users recognise them); others get the unsafe
-    runs replaced and a short hash of the original appended, so two raw ids never collide.
+    Ids that are already safe (letters and digits of any script, `.`, `_`, `-`; NFC; at most
+    MAX_ID_BYTES bytes) are kept verbatim so users recognise them. Any other id, including one
+    that differs only by surrounding whitespace, gets its unsafe runs replaced, is cut to length,
+    and carries a short hash of the exact original: two distinct raw ids never share an id.
     """
-    raw = str(raw).strip()
-    if not raw:
-        raise ValueError("empty video id")
-    cleaned = _ID_UNSAFE.sub("_", raw).strip("._") or "video"
-    if cleaned == raw:
+    raw = str(raw)
+    if not raw.strip():
+        raise ValueError(f"empty video id {raw!r}")
+    cleaned = _ID_UNSAFE.sub("_", unicodedata.normalize("NFC", raw)).strip("._") or "video"
+    if cleaned == raw and len(raw.encode("utf-8")) <= MAX_ID_BYTES and not raw.startswith("__"):
         return raw
-    return f"{cleaned}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+    return f"{_cap(cleaned, MAX_ID_BYTES - _HASH_LEN - 1)}-{_id_hash(raw)}"
 
 
 @dataclass(frozen=True)

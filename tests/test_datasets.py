@@ -552,3 +552,59 @@ def test_videos_config_takes_data_from_command_line_or_env(video_tree, monkeypat
         monkeypatch.setenv("DATA", os.fspath(video_tree / "a"))
         cfg = compose(config_name=None, overrides=["+dataset=videos"]).dataset
         assert [v.video_id for v in load_dataset(cfg).videos] == [safe_video_id("deeper/two.webm"), safe_video_id("one.MKV")]
+
+
+# ----------------------------------------------------------------------------- ids and paths (issue 20)
+
+
+def test_names_differing_by_whitespace_get_distinct_ids_and_no_file_is_dropped(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ["clip.mp4", " clip.mp4", "  clip.mp4", "other.mp4"]:
+        (folder / name).write_bytes(name.encode())
+    index = load_dataset({"name": "videos", "path": str(folder)})
+    assert len(index.videos) == 4  # today's main: 2 (both padded names collapse onto clip.mp4)
+    ids = {Path(v.path).name: v.video_id for v in index.videos}
+    assert ids["clip.mp4"] == "clip.mp4" and len(set(ids.values())) == 4
+
+
+def test_two_files_on_one_id_is_an_error_naming_both(tmp_path, monkeypatch):
+    import core.datasets as datasets
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ["a.mp4", "b.mp4"]:
+        (folder / name).write_bytes(b"x")
+    # a collision that survives the hash suffix (the adapter must not trust the id function blindly)
+    monkeypatch.setattr(datasets, "safe_video_id", lambda raw: "same")
+    with pytest.raises(AnnotationError, match=r"a\.mp4 and .*b\.mp4 both map to video_id 'same'"):
+        load_dataset({"name": "videos", "path": str(folder)})
+
+
+@pytest.mark.parametrize("raw, want", [("ü.mp4", "ü.mp4"), ("日本語.webm", "日本語.webm"), ("clip.mp4", "clip.mp4")])
+def test_readable_names_keep_their_letters(raw, want):
+    assert safe_video_id(raw) == want  # today's main: ü.mp4 -> mp4-b1a79a5c
+
+
+def test_long_names_are_capped_deterministically_and_stay_distinct():
+    a, b = "x" * 250 + "a.mp4", "x" * 250 + "b.mp4"
+    ids = {safe_video_id(a), safe_video_id(b)}
+    assert len(ids) == 2 and all(len(i.encode()) <= 120 for i in ids)
+    assert safe_video_id(a) == safe_video_id(a)
+    assert len(safe_video_id("ü" * 200).encode()) <= 120  # bytes, not characters
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "a/../../x", "~/x"])
+def test_annotation_paths_stay_under_the_video_folder(tmp_path, name):
+    cfg = _cfg("nextqa", tmp_path)
+    cfg["annotations"] = {"train": str(_write(tmp_path / "train.json", [_mc(name, "CW_1_0")]))}
+    with pytest.raises(AnnotationError, match=r"row 0 .*'video'.*leads outside the video folder"):
+        load_dataset(cfg)
+    cfg["allow_absolute_paths"] = True  # a trusted file may
+    assert load_dataset(cfg).videos[0].path.endswith(name.split("/")[-1] + ".mp4")
+
+
+def test_paths_inside_the_video_folder_are_fine(tmp_path):
+    cfg = _cfg("nextqa", tmp_path)
+    cfg["annotations"] = {"train": str(_write(tmp_path / "train.json", [_mc("a/../b/c", "CW_1_0")]))}
+    assert load_dataset(cfg).videos[0].path.endswith("b/c.mp4")
