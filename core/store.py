@@ -25,7 +25,11 @@ shape; readers see valid shards only.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -43,6 +47,11 @@ STORE_META = "store.json"
 FAILURES = "failures.jsonl"
 MANIFEST = "shards.jsonl"
 LOCK = "LOCK.json"
+# A writer replaces a shard by two renames; a reader that finds no marker waits this long for the new one.
+REWRITE_WAIT_TRIES = 5
+REWRITE_WAIT_S = 0.1
+
+log = logging.getLogger("crema.store")
 
 
 class StoreError(RuntimeError):
@@ -120,24 +129,63 @@ def array_digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:32]
 
 
+def corrupt_arrays(shard_dir: Path) -> dict[str, str]:
+    """{array key: what is wrong} for every array of a shard that does not read back with the
+    shape, dtype and sha256 its marker recorded ({} when all do, or when there is no marker).
+    Reads the whole shard."""
+    marker = read_marker(shard_dir)
+    problems = {}
+    for key, info in sorted((marker or {}).get("arrays", {}).items()):
+        try:
+            data = np.asarray(_read_checked(Path(shard_dir) / key))
+        except Exception as exc:  # a flipped byte fails the chunk's crc32c (or, in an old store, decoding)
+            problems[key] = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+            continue
+        if list(data.shape) != list(info["shape"]) or str(data.dtype) != info["dtype"]:
+            problems[key] = f"{data.dtype} {list(data.shape)}, the marker says {info['dtype']} {info['shape']}"
+        elif "sha256" in info and array_digest(data) != info["sha256"]:
+            problems[key] = f"checksum {array_digest(data)} != {info['sha256']} in the marker"
+    return problems
+
+
 def verify_shard(shard_dir: Path) -> list[str]:
     """What is wrong with a shard's data against its marker's checksums ([] when every array
     reads back with the recorded shape, dtype and sha256). Reads the whole shard."""
-    marker = read_marker(shard_dir)
-    if marker is None:
+    if read_marker(shard_dir) is None:
         return [f"no readable {MARKER}"]
-    problems = []
-    for key, info in sorted(marker.get("arrays", {}).items()):
-        try:
-            data = np.asarray(zarr.open_array(str(Path(shard_dir) / key), mode="r")[...])
-        except Exception as exc:  # a flipped byte in compressed data usually breaks decoding
-            problems.append(f"{key}: unreadable ({type(exc).__name__}: {str(exc)[:120]})")
-            continue
-        if list(data.shape) != list(info["shape"]) or str(data.dtype) != info["dtype"]:
-            problems.append(f"{key}: {data.dtype} {list(data.shape)}, the marker says {info['dtype']} {info['shape']}")
-        elif "sha256" in info and array_digest(data) != info["sha256"]:
-            problems.append(f"{key}: checksum {array_digest(data)} != {info['sha256']} in the marker")
-    return problems
+    return [f"{key}: {problem}" for key, problem in corrupt_arrays(shard_dir).items()]
+
+
+def marker_problems(shard_dir: Path, marker: dict, *, hashes: dict[str, str], video_ids=None) -> list[str]:
+    """Every field of a marker that the reader trusts, checked against the shard's place, the
+    manifest's ``video_ids``, the store's registry ``hashes`` and the group's own attributes."""
+    shard_dir = Path(shard_dir)
+    out = []
+    if f"{marker.get('split')}/{marker.get('shard_id')}.zarr" != f"{shard_dir.parent.name}/{shard_dir.name}":
+        out.append(f"marker names {marker.get('split')}/{marker.get('shard_id')}, not its folder")
+    listed = list(marker.get("video_ids", []))
+    if video_ids is not None and listed != list(video_ids):
+        out.append("video_ids differ from the manifest's")
+    ok, failed = list(marker.get("ok", [])), [f.get("video_id") for f in marker.get("failed", [])]
+    if sorted(ok + failed) != sorted(listed) or len(set(ok)) != len(ok):
+        out.append(f"ok {len(ok)} + failed {len(failed)} do not partition its {len(listed)} videos")
+    for m, h in marker.get("hashes", {}).items():
+        if hashes.get(m) != h:
+            out.append(f"{m} hash {h} is not the store's {hashes.get(m)}")
+    arrays = marker.get("arrays", {})
+    for key, mask in marker.get("present", {}).items():
+        if len(mask) != len(ok) or key not in arrays:
+            out.append(f"present[{key}] does not match its {len(ok)} rows and arrays")
+    for key, info in arrays.items():
+        if not key.startswith("raw/") and info["shape"][:1] != [len(ok)]:
+            out.append(f"{key} has {info['shape'][:1]} rows for {len(ok)} ok videos")
+    try:
+        attrs = dict(zarr.open_group(str(shard_dir), mode="r").attrs)
+    except Exception as exc:
+        return out + [f"group unreadable ({type(exc).__name__})"]
+    if list(attrs.get("ok", [])) != ok or sorted(attrs.get("videos", {})) != sorted(ok):
+        out.append("the group's attributes list other videos than the marker")
+    return out
 
 
 def collect_markers(root: Path, *, hashes: dict[str, str], verify: bool = False) -> dict[str, dict]:
@@ -150,8 +198,70 @@ def collect_markers(root: Path, *, hashes: dict[str, str], verify: bool = False)
     return out
 
 
+def _chunk_files(array_dir: Path, meta: dict) -> list[Path]:
+    """The files the array's regular chunk grid needs (one per Zarr shard; writers put a whole
+    array in one)."""
+    shape, chunks = meta.get("shape", []), meta["chunk_grid"]["configuration"]["chunk_shape"]
+    if not shape or 0 in shape:
+        return []
+    sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
+    counts = [range(-(-n // c)) for n, c in zip(shape, chunks)]
+    return [Path(array_dir) / ("c" + sep + sep.join(map(str, idx))) for idx in itertools.product(*counts)]
+
+
+def _missing_chunks(array_dir: Path) -> list[Path]:
+    meta = json.loads((Path(array_dir) / "zarr.json").read_text())
+    return [p for p in _chunk_files(array_dir, meta) if not p.is_file()]
+
+
+def has_chunk_checksums(array_dir: Path) -> bool:
+    """True when the array's chunks carry a crc32c that every read checks (stores written since
+    issue 20); older arrays read the same way, without that check."""
+    meta = json.loads((Path(array_dir) / "zarr.json").read_text())
+    codecs = meta.get("codecs", [])
+    inner = codecs[0].get("configuration", {}).get("codecs", []) if codecs and codecs[0]["name"] == "sharding_indexed" else codecs
+    return any(c.get("name") == "crc32c" for c in inner)
+
+
+def _read_checked(array_dir: Path):
+    """An array's whole data; a chunk file that is gone is an error (Zarr would return zeros)."""
+    missing = _missing_chunks(array_dir)
+    if missing:
+        raise StoreError(f"{missing[0]} is missing (Zarr would read it as zeros)")
+    return zarr.open_array(str(array_dir), mode="r")[...]
+
+
+def _marker_signature(shard_dir: Path) -> tuple | None:
+    """Identity of the marker file on disk: a rewritten shard has a new one (new inode: markers
+    are written by rename)."""
+    try:
+        st = os.stat(Path(shard_dir) / MARKER)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@dataclass
+class _Shard:
+    """What a reader took from one shard's marker, and which marker file that was."""
+
+    signature: tuple | None
+    rows: dict[str, int]
+    present: dict[str, dict[str, bool]]
+
+    @classmethod
+    def from_marker(cls, marker: dict, signature: tuple | None) -> "_Shard":
+        rows = {vid: i for i, vid in enumerate(marker["ok"])}
+        present = {vid: {k: bool(mask[i]) for k, mask in marker["present"].items()} for vid, i in rows.items()}
+        return cls(signature, rows, present)
+
+
 class FeatureStore:
     """Read-only view of a store: only shards with a valid marker are visible.
+
+    Every read checks the chunk's crc32c and that its file exists, and that the shard is still
+    the one this reader indexed (a repair or retry that rewrote it moves rows: the reader then
+    re-reads that shard's marker).
 
     >>> fs = FeatureStore("outputs/features/demo", expected_hashes=modality_hashes(cfg.features, ["rgb"]))
     >>> fs.get("demo_0003", "rgb").shape      # (F_stored, tokens, dim) float16
@@ -162,7 +272,25 @@ class FeatureStore:
         self.info = read_store_meta(self.root)
         self.hashes = registry(self.info)
         self.config_hash = combined_hash(self.hashes)
-        for m, want in (expected_hashes or {}).items():
+        self._check_expected(expected_hashes or {})
+        self._index: dict[str, Path] = {}
+        self._shards: dict[Path, _Shard] = {}
+        self.modalities: dict[str, dict] = {}
+        # verify: check every shard's data against its marker's checksums first (reads the store once)
+        for rel, marker in collect_markers(self.root, hashes=self.hashes, verify=verify).items():
+            shard_dir = self.root / rel
+            self._shards[shard_dir] = _Shard.from_marker(marker, _marker_signature(shard_dir))
+            self._index.update({vid: shard_dir for vid in marker["ok"]})
+            for key, info in marker["arrays"].items():
+                if key in STORE_KEYS:
+                    self.modalities.setdefault(key, {"shape": tuple(info["shape"][1:]), "dtype": info["dtype"]})
+        self.video_ids = sorted(self._index)
+        self._arrays: dict[tuple[Path, str], zarr.Array] = {}
+        self._groups: dict[Path, zarr.Group] = {}
+        self._warned_unchecked = False
+
+    def _check_expected(self, expected_hashes: dict[str, str]) -> None:
+        for m, want in expected_hashes.items():
             have = self.hashes.get(m)
             if have is None:
                 raise StoreError(
@@ -175,22 +303,6 @@ class FeatureStore:
                     f"{want}. Use the same `features` preset and overrides as the extraction run, or re-extract "
                     f"into another OUT."
                 )
-        self._index: dict[str, tuple[Path, int]] = {}
-        self._present: dict[str, dict[str, bool]] = {}
-        self._meta: dict[str, dict] = {}
-        self.modalities: dict[str, dict] = {}
-        # verify: check every shard's data against its marker's checksums first (reads the store once)
-        for rel, marker in collect_markers(self.root, hashes=self.hashes, verify=verify).items():
-            shard_dir = self.root / rel
-            for row, vid in enumerate(marker["ok"]):
-                self._index[vid] = (shard_dir, row)
-                self._present[vid] = {k: mask[row] for k, mask in marker["present"].items()}
-            for key, info in marker["arrays"].items():
-                if key in STORE_KEYS:
-                    self.modalities.setdefault(key, {"shape": tuple(info["shape"][1:]), "dtype": info["dtype"]})
-        self.video_ids = sorted(self._index)
-        self._arrays: dict[tuple[Path, str], zarr.Array] = {}
-        self._groups: dict[Path, zarr.Group] = {}
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -198,37 +310,86 @@ class FeatureStore:
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._index
 
+    def _fresh(self, shard_dir: Path) -> _Shard:
+        """The shard as it is on disk now: re-read when its marker file changed since it was indexed."""
+        shard = self._shards[shard_dir]
+        signature = _marker_signature(shard_dir)
+        for _ in range(REWRITE_WAIT_TRIES):  # a writer swaps a shard by two renames: a short gap
+            if signature is not None:
+                break
+            time.sleep(REWRITE_WAIT_S)
+            signature = _marker_signature(shard_dir)
+        if signature == shard.signature:
+            return shard
+        marker = read_marker(shard_dir)
+        if marker is None or not shard_is_valid(shard_dir, hashes=self.hashes):
+            raise StoreError(f"shard {shard_dir} changed while this reader had it open and is not valid now; "
+                             f"wait for the extraction run that is rewriting it, then open the store again")
+        self._arrays = {k: a for k, a in self._arrays.items() if k[0] != shard_dir}
+        self._groups.pop(shard_dir, None)
+        shard = self._shards[shard_dir] = _Shard.from_marker(marker, signature)
+        return shard
+
     def _locate(self, video_id: str) -> tuple[Path, int]:
-        try:
-            return self._index[video_id]
-        except KeyError:
+        shard_dir = self._index.get(video_id)
+        if shard_dir is None:
             raise KeyError(
                 f"video {video_id!r} is not in store {self.root} (failed, not extracted yet, or another "
                 f"dataset); see {self.root / FAILURES}"
-            ) from None
+            )
+        shard = self._fresh(shard_dir)
+        if video_id not in shard.rows:
+            raise StoreError(f"video {video_id!r} is no longer in {shard_dir}: a run rewrote that shard since this "
+                           f"reader opened the store (see {self.root / FAILURES}); open the store again")
+        return shard_dir, shard.rows[video_id]
 
     def has(self, video_id: str, modality: str) -> bool:
-        self._locate(video_id)
-        return bool(self._present[video_id].get(modality, False))
+        shard_dir, _ = self._locate(video_id)
+        return bool(self._shards[shard_dir].present[video_id].get(modality, False))
 
     def _array(self, shard_dir: Path, key: str) -> zarr.Array:
         handle = self._arrays.get((shard_dir, key))
         if handle is None:
+            if not self._warned_unchecked and not has_chunk_checksums(shard_dir / key):
+                self._warned_unchecked = True
+                log.warning("%s was written without chunk checksums (before crc32c chunks): corrupt bytes are "
+                            "caught by `make verify` only; re-extract into a new OUT to have them checked on read",
+                            shard_dir)
             handle = zarr.open_array(str(shard_dir / key), mode="r")
             self._arrays[(shard_dir, key)] = handle
         return handle
 
+    def _read(self, shard_dir: Path, key: str, select) -> np.ndarray:
+        """``select(array)`` on a shard's array; a missing chunk file or a failed crc32c is a StoreError."""
+        try:
+            array = self._array(shard_dir, key)
+            missing = [p for p in _chunk_files(shard_dir / key, {"shape": array.shape, "chunk_grid": {
+                "configuration": {"chunk_shape": array.shards or array.chunks}}}) if not p.is_file()]
+            if missing:
+                raise StoreError(f"{missing[0]} is missing (Zarr would read it as zeros)")
+            return select(array)
+        except (StoreError, ValueError, RuntimeError, OSError) as exc:
+            raise StoreError(f"store {self.root}: {shard_dir.name}/{key} cannot be read ({str(exc)[:200]}); the "
+                             f"store is damaged: `make verify` lists what, `make extract ... ARGS=\"store.verify=true\"` "
+                             f"redoes those shards") from None
+
     def get(self, video_id: str, modality: str, frames=None) -> np.ndarray:
         """One video's array for ``modality`` (only the stored frames ``frames``, in that order,
         when given: frame modalities are chunked per frame, so only those are read); KeyError if
-        that modality is missing for the video."""
-        shard_dir, row = self._locate(video_id)
-        if modality not in ("frame_indices", "timestamps") and not self.has(video_id, modality):
-            raise KeyError(f"video {video_id!r} has no {modality!r} features (see {self.root / FAILURES})")
-        array = self._array(shard_dir, modality)
-        if frames is None:
-            return array[row]
-        return array.get_orthogonal_selection((row, np.asarray(frames, dtype=np.int64)))
+        that modality is missing for the video, StoreError if its bytes are damaged or missing."""
+        for _ in range(REWRITE_WAIT_TRIES):
+            shard_dir, row = self._locate(video_id)
+            signature = self._shards[shard_dir].signature
+            if modality not in ("frame_indices", "timestamps") and not self.has(video_id, modality):
+                raise KeyError(f"video {video_id!r} has no {modality!r} features (see {self.root / FAILURES})")
+            if frames is None:
+                out = self._read(shard_dir, modality, lambda a: a[row])
+            else:
+                idx = np.asarray(frames, dtype=np.int64)
+                out = self._read(shard_dir, modality, lambda a: a.get_orthogonal_selection((row, idx)))
+            if _marker_signature(shard_dir) == signature:  # not rewritten while we read it
+                return out
+        raise StoreError(f"shard {shard_dir} keeps being rewritten while it is read; wait for the run writing it")
 
     def read(self, video_id: str, modalities: Iterable[str]) -> dict[str, np.ndarray | None]:
         """Several modalities at once; a missing one comes back as None (the caller's policy decides)."""
@@ -251,4 +412,4 @@ class FeatureStore:
         path = shard_dir / "raw" / video_id / name
         if not path.exists():
             raise KeyError(f"no raw {name!r} map for {video_id!r}; re-extract with store.raw_maps=true")
-        return zarr.open_array(str(path), mode="r")[0]
+        return self._read(shard_dir, f"raw/{video_id}/{name}", lambda a: a[0])

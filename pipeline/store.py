@@ -18,6 +18,7 @@ from typing import Iterable
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from core.modalities import MODALITIES, STORE_KEYS
 
@@ -128,14 +129,21 @@ def _stack_key(videos: list[dict], key: str) -> tuple[np.ndarray | None, list[bo
     return out, present
 
 
-def _create(group: zarr.Group, name: str, data: np.ndarray, compression: str, *, per_frame: bool = False) -> None:
+def _codecs(compression: str, checksums: bool) -> list:
+    """Each chunk's bytes-to-bytes codecs: zstd (zarr's own default, stated so the crc32c can
+    follow it) unless ``compression`` is none, then a crc32c that every read checks."""
+    out = [] if compression == "none" else [ZstdCodec(level=0, checksum=False)]
+    return out + ([Crc32cCodec()] if checksums else [])
+
+
+def _create(group: zarr.Group, name: str, data: np.ndarray, compression: str, *, per_frame: bool = False,
+            checksums: bool = True) -> None:
     """One array, all of it in one Zarr shard file; inner chunks of one video, or of one frame of
     one video for frame modalities (`per_frame`: the trainer reads the T frames it samples, not all F)."""
     chunks = ((1, 1, *data.shape[2:]) if per_frame and data.ndim >= 3 else (1, *data.shape[1:])) if data.ndim else ()
-    compressors = None if compression == "none" else "auto"
     group.create_array(
         name, data=data, chunks=chunks if data.shape[0] else "auto",
-        shards=data.shape if data.shape[0] and data.ndim else None, compressors=compressors,
+        shards=data.shape if data.shape[0] and data.ndim else None, compressors=_codecs(compression, checksums),
     )
 
 
@@ -150,6 +158,7 @@ def write_shard(
     timings: dict | None = None,
     nodes: dict | None = None,
     hops: dict | None = None,
+    checksums: bool = True,
 ) -> dict:
     """Write one shard (the only writer of ``spec``) and return its marker.
 
@@ -159,7 +168,8 @@ def write_shard(
     moment without one on disk (see ``_swap_into_place``). ``nodes``
     (stage -> the Ray node it ran on) goes into the marker only, like ``timings``: the arrays and
     the group's attrs do not depend on where a shard ran; ``hops`` (stage -> array bytes it
-    handed on) likewise.
+    handed on) likewise. ``checksums``: a crc32c per chunk, checked on every read (off only
+    to measure what it costs: scripts/bench_store.py).
     """
     root = Path(root)
     if [v["video_id"] for v in videos] != list(spec.video_ids):
@@ -176,7 +186,7 @@ def write_shard(
     present: dict[str, list[bool]] = {}
 
     def put(name: str, data: np.ndarray) -> None:
-        _create(group, name, data, compression, per_frame=name in FRAME_KEYS)
+        _create(group, name, data, compression, per_frame=name in FRAME_KEYS, checksums=checksums)
         arrays[name] = {"shape": list(data.shape), "dtype": str(data.dtype), "sha256": array_digest(data)}
 
     if ok:

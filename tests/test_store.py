@@ -192,3 +192,63 @@ def test_verify_finds_a_flipped_byte_and_the_verifying_reader_hides_the_shard(tm
                            f"store={root}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and "CORRUPT train/train-00001.zarr: rgb:" in proc.stdout
     assert "1/2 shards verify" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- issue 20: reads that cannot be fooled
+
+
+def _chunk_file(root: Path, spec: ShardSpec, key: str) -> Path:
+    files = [p for p in (root / spec.relpath() / key / "c").rglob("*") if p.is_file()]
+    assert len(files) == 1  # one Zarr shard file per array
+    return files[0]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3, 0.5, 0.8, 0.999])
+def test_a_flipped_byte_in_a_chunk_is_an_error_on_read_never_other_values(store, fraction):
+    root, spec, videos, _ = store
+    path = _chunk_file(root, spec, "rgb")
+    data = bytearray(path.read_bytes())
+    data[int(fraction * (len(data) - 1))] ^= 0x10
+    path.write_bytes(bytes(data))
+    fs = FeatureStore(root, expected_hashes=H1)
+    errors = 0
+    for v in videos[:2]:
+        try:
+            got = fs.get(v["video_id"], "rgb")
+        except StoreError as exc:
+            assert "make verify" in str(exc) and "rgb" in str(exc)
+            errors += 1
+            continue
+        np.testing.assert_array_equal(got, v["features"]["rgb"])  # today's main: other values, no error
+    assert errors >= 1  # every byte of the file belongs to a checksummed chunk or to the checksummed index
+
+
+def test_a_deleted_chunk_file_is_an_error_not_zeros(store):
+    root, spec, *_ = store
+    _chunk_file(root, spec, "rgb").unlink()
+    fs = FeatureStore(root, expected_hashes=H1)
+    with pytest.raises(StoreError, match="is missing"):
+        fs.get("a", "rgb")  # today's main: zeros
+    assert "rgb" in verify_shard(root / spec.relpath())[0]
+
+
+def test_chunks_carry_a_crc32c(store):
+    root, spec, *_ = store
+    from core.store import has_chunk_checksums
+
+    assert has_chunk_checksums(root / spec.relpath() / "rgb")
+
+
+def test_a_reader_opened_before_a_repair_returns_the_right_rows(tmp_path):
+    root = tmp_path / "demo"
+    init_store(root, dataset="demo", hashes=H1)
+    spec = ShardSpec("train-00000", "train", ("a", "b", "c"))
+    first = [video("a", failed={"stage": "decode", "reason": "flaky"}), video("b", seed=2), video("c", seed=3)]
+    write_shard(root, spec, first, hashes=H1)
+    fs = FeatureStore(root, expected_hashes=H1)
+    np.testing.assert_array_equal(fs.get("b", "rgb"), first[1]["features"]["rgb"])  # row 0 is b's now
+    redone = [video("a", seed=1), video("b", seed=2), video("c", seed=3)]  # a retry: a is ok, rows move
+    write_shard(root, spec, redone, hashes=H1)
+    for v in redone[1:]:  # today's main: b's read returns a's row, c's returns b's
+        np.testing.assert_array_equal(fs.get(v["video_id"], "rgb"), v["features"]["rgb"])
+        assert fs.meta(v["video_id"])["frame_indices"].tolist() == [0, 3, 6, 9]
