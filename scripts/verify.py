@@ -1,6 +1,7 @@
 # make verify DATASET=demo [OUT=outputs/features]   (== python scripts/verify.py dataset=demo out=outputs/features)
-"""Check every finished shard of a store against its marker's checksums (Hydra app over
-conf/verify.yaml). Exit 0: all shards verify; 1: corrupt shards, listed; 2: no store there."""
+"""Check a store against its manifest, its markers and their checksums (Hydra app over
+conf/verify.yaml; the checks: pipeline.verify). Exit 0: all is well; 1: problems, listed;
+2: no store there."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from core.store import MARKER, STORE_META, verify_shard
+from core.store import STORE_META, StoreError
+from pipeline.verify import verify_store
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="verify")
@@ -21,18 +23,20 @@ def main(cfg: DictConfig) -> None:
         print(f"error: no feature store at {root} ({STORE_META} missing); run `make extract` first or set OUT=",
               file=sys.stderr)
         sys.exit(2)
-    shards = sorted(p.parent for p in root.glob(f"*/*.zarr/{MARKER}"))
-    corrupt = {}
-    for shard in tqdm(shards, desc=f"verify {root.name}", unit="shard"):
-        problems = verify_shard(shard)
-        if problems:
-            corrupt[shard] = problems
-    for shard, problems in corrupt.items():
-        print(f"CORRUPT {shard.relative_to(root)}: " + "; ".join(problems))
-    print(f"{len(shards) - len(corrupt)}/{len(shards)} shards verify in {root}"
-          + (f"; {len(corrupt)} corrupt: `make extract ... ARGS=\"store.verify=true\"` extracts them again"
-             if corrupt else ""))
-    sys.exit(1 if corrupt else 0)
+    try:
+        verdict = verify_store(root, progress=lambda items: tqdm(items, desc=f"verify {root.name}", unit="shard"))
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for note in verdict.notes:
+        print(f"note: {note}")
+    for rel, problems in verdict.problems.items():
+        print(f"PROBLEM {rel}: " + "; ".join(problems))
+    bad = len(verdict.problems)
+    print(f"{verdict.ok}/{verdict.checked} shards on disk verify in {root}"
+          + (f"; {bad} shards with problems: `make extract ... ARGS=\"store.verify=true\"` extracts them again"
+             if bad else ""))
+    sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":
