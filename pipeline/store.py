@@ -68,10 +68,14 @@ def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: di
             if not overwrite:
                 raise
             meta, clash = None, {"format": ("old", STORE_FORMAT)}
+        decode = {} if clash else _decode_clash(meta, features)
+        clash = clash or decode
         if clash and not overwrite:
             detail = ", ".join(f"{m}: store {a}, this run {b}" for m, (a, b) in clash.items())
+            why = (" A shard keeps one set of frame indices per video, so every modality must be decoded the same "
+                   "way: add it with the store's features.decode settings," if decode else "")
             raise StoreMismatchError(
-                f"{root} holds features made with another config ({detail}). Write to another OUT, or pass "
+                f"{root} holds features made with another config ({detail}).{why} Write to another OUT, or pass "
                 f"store.overwrite=true to delete the old store first."
             )
         if clash:  # store.overwrite: everything goes but the lease this run holds
@@ -93,6 +97,41 @@ def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: di
          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     return dict(hashes)
+
+
+# Decode keys that differ per modality by design (whether audio is decoded, which sensor streams):
+# every other decode setting decides the frame indices and timestamps, which a shard keeps once per video.
+PER_MODALITY_DECODE = frozenset({"audio", "streams"})
+
+
+def _decode_settings(view: dict) -> dict:
+    return {k: v for k, v in (view or {}).get("decode", {}).items() if k not in PER_MODALITY_DECODE}
+
+
+def _decode_clash(meta: dict | None, features: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """{new modality: (the store's decode settings, this run's)} where a modality the store does not
+    hold yet would be decoded differently from those it holds: its features would be computed on
+    other frames than the frame indices the shards keep. Empty when all agree (or nothing is known)."""
+    if meta is None:
+        return {}
+    held = {m: _decode_settings(info.get("features")) for m, info in meta.get("modalities", {}).items()}
+    held = {m: d for m, d in held.items() if d}  # stores from before the views were recorded: unknown
+    if not held:
+        return {}
+    ref_name, ref = next(iter(sorted(held.items())))
+    out = {}
+    for m, view in features.items():
+        if m in held:
+            continue
+        mine = _decode_settings(view)
+        diff = sorted(k for k in set(ref) | set(mine) if ref.get(k) != mine.get(k))
+        if mine and diff:
+            out[m] = (f"decode {_show(ref, diff)} (as {', '.join(sorted(held))})", f"decode {_show(mine, diff)}")
+    return out
+
+
+def _show(settings: dict, keys: list[str]) -> str:
+    return "{" + ", ".join(f"{k}: {settings.get(k)!r}" for k in keys) + "}"
 
 
 def remove_stale_temporaries(root: Path) -> int:

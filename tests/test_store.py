@@ -252,3 +252,26 @@ def test_a_reader_opened_before_a_repair_returns_the_right_rows(tmp_path):
     for v in redone[1:]:  # today's main: b's read returns a's row, c's returns b's
         np.testing.assert_array_equal(fs.get(v["video_id"], "rgb"), v["features"]["rgb"])
         assert fs.meta(v["video_id"])["frame_indices"].tolist() == [0, 3, 6, 9]
+
+
+def test_a_modality_with_other_decode_settings_is_refused_naming_both(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from core.features import modality_hashes, modality_views
+    from core.util import to_plain
+
+    root = tmp_path / "demo"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        feats = to_plain(compose(config_name="extract", overrides=["features=tiny"]).features)
+
+    def cfg(modalities, frames):
+        return {**feats, "modalities": modalities, "decode": {**feats["decode"], "num_frames_stored": frames}}
+    base = cfg(["rgb", "audio"], 8)
+    init_store(root, dataset="demo", hashes=modality_hashes(base), features=modality_views(base))
+    same = cfg(["normal"], 8)
+    assert "normal" in init_store(root, dataset="demo", hashes=modality_hashes(same), features=modality_views(same))
+    other = cfg(["depth"], 4)
+    with pytest.raises(StoreMismatchError, match=r"depth: store decode \{num_frames_stored: 8\} \(as audio, normal, rgb\), "
+                                                 r"this run decode \{num_frames_stored: 4\}"):
+        init_store(root, dataset="demo", hashes=modality_hashes(other), features=modality_views(other))
+    assert "depth" not in json.loads((root / "store.json").read_text())["modalities"]
