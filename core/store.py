@@ -129,22 +129,30 @@ def array_digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:32]
 
 
+def read_verified(shard_dir: Path, key: str, info: dict) -> np.ndarray:
+    """One array of a shard, read whole and checked against its marker entry ``info`` (shape,
+    dtype, sha256); StoreError saying what is wrong otherwise."""
+    try:
+        data = np.asarray(_read_checked(Path(shard_dir) / key))
+    except Exception as exc:  # a flipped byte fails the chunk's crc32c (or, in an old store, decoding)
+        raise StoreError(f"unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if list(data.shape) != list(info["shape"]) or str(data.dtype) != info["dtype"]:
+        raise StoreError(f"{data.dtype} {list(data.shape)}, the marker says {info['dtype']} {info['shape']}")
+    if "sha256" in info and array_digest(data) != info["sha256"]:
+        raise StoreError(f"checksum {array_digest(data)} != {info['sha256']} in the marker")
+    return data
+
+
 def corrupt_arrays(shard_dir: Path) -> dict[str, str]:
     """{array key: what is wrong} for every array of a shard that does not read back with the
     shape, dtype and sha256 its marker recorded ({} when all do, or when there is no marker).
     Reads the whole shard."""
-    marker = read_marker(shard_dir)
     problems = {}
-    for key, info in sorted((marker or {}).get("arrays", {}).items()):
+    for key, info in sorted((read_marker(shard_dir) or {}).get("arrays", {}).items()):
         try:
-            data = np.asarray(_read_checked(Path(shard_dir) / key))
-        except Exception as exc:  # a flipped byte fails the chunk's crc32c (or, in an old store, decoding)
-            problems[key] = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
-            continue
-        if list(data.shape) != list(info["shape"]) or str(data.dtype) != info["dtype"]:
-            problems[key] = f"{data.dtype} {list(data.shape)}, the marker says {info['dtype']} {info['shape']}"
-        elif "sha256" in info and array_digest(data) != info["sha256"]:
-            problems[key] = f"checksum {array_digest(data)} != {info['sha256']} in the marker"
+            read_verified(shard_dir, key, info)
+        except StoreError as exc:
+            problems[key] = str(exc)
     return problems
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from core.features import combined_hash, modality_hashes, modality_views, resolve_features
 from core.hub import ModelUnavailableError
-from core.store import collect_markers, read_marker, shard_is_valid, verify_shard
+from core.store import collect_markers, corrupt_arrays, read_marker, shard_is_valid
 from core.util import find_error, to_plain
 from pipeline.lease import StoreLease
 from pipeline.manifest import plan_shards
@@ -138,10 +138,16 @@ def plan_work(root: Path, shards, registry: dict, requested: list[str], *, retry
         marker = read_marker(shard_dir)
         valid = marker is not None and shard_is_valid(shard_dir, hashes=registry, video_ids=spec.video_ids)
         if valid and verify:
-            problems = verify_shard(shard_dir)
-            if problems:
-                log.warning("%s is corrupt (%s): extracting it again", shard_dir, "; ".join(problems[:3]))
-                valid = False
+            problems = corrupt_arrays(shard_dir)
+            if problems:  # redone whole; the writer carries over every array that still verifies
+                log.warning("%s is corrupt (%s): extracting it again, keeping its intact modalities", shard_dir,
+                            "; ".join(f"{k}: {p}" for k, p in list(problems.items())[:3]))
+                if complete:
+                    work.full.append((spec, entries, shard_dir, set()))
+                    work.reasons["repair"] += 1
+                else:
+                    work.waiting.append(spec)
+                continue
         if not valid:
             if complete:
                 work.full.append((spec, entries, None, set()))

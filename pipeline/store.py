@@ -24,8 +24,8 @@ from core.modalities import MODALITIES, STORE_KEYS
 
 FRAME_KEYS = frozenset(k for row in MODALITIES.values() if row.kind == "frame" for k in row.store_keys)
 from core.features import combined_hash
-from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest,
-                        read_marker, read_store_meta, registry)
+from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreError, StoreMismatchError,
+                        array_digest, read_marker, read_store_meta, read_verified, registry)
 from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
 
 
@@ -296,53 +296,92 @@ def recover_replaced(root: Path) -> int:
     return restored
 
 
+DECODE_KEYS = ("frame_indices", "timestamps")
+
+
+def _carriable(base_dir: Path, marker: dict) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The base shard's arrays that still match their marker ({key: data}), and what is wrong
+    with the others ({key: problem}): only verified bytes are carried into a rewritten shard."""
+    good, lost = {}, {}
+    for key, info in marker.get("arrays", {}).items():
+        if key in STORE_KEYS or key in DECODE_KEYS:
+            try:
+                good[key] = read_verified(base_dir, key, info)
+            except StoreError as exc:
+                lost[key] = str(exc)
+    return good, lost
+
+
+def _lost_modalities(lost: dict[str, str], pass_keys: set[str]) -> dict[str, str]:
+    """{modality: problem} for modalities whose stored arrays are damaged and that this pass does
+    not compute again (they cannot be carried over)."""
+    return {m: "; ".join(f"{k}: {lost[k]}" for k in row.store_keys if k in lost)
+            for m, row in MODALITIES.items()
+            if any(k in lost for k in row.store_keys) and not set(row.store_keys) <= pass_keys}
+
+
 def load_base(base_dir: Path, videos: list[dict], *, pass_keys: set[str], pass_stages: set[str]) -> dict[str, str]:
-    """Fill payload videos with what an existing shard already holds; returns that shard's hashes.
+    """Fill payload videos with what an existing shard already holds; returns the hashes of the
+    modalities carried over.
 
     A video marked ``carry`` is taken over whole (status, features, metadata) and was not
     extracted in this pass. Any other video keeps the shard's keys that this pass does not
     compute (adding a modality) and the shard's errors of stages that did not run; if this pass
     failed on a video the shard holds, the video keeps everything and the failure becomes an
-    error of this pass's modalities (finished work is never dropped).
+    error of this pass's modalities (finished work is never dropped). Only arrays that still
+    match the marker's checksums are carried (a repair keeps every valid modality); a damaged
+    modality this pass does not recompute is left out and listed as an error of each video that
+    had it (stage "store"), so failures.jsonl names it and a later run can add it again.
     """
     marker = read_marker(base_dir)
     group = zarr.open_group(str(base_dir), mode="r")
+    good, lost = _carriable(base_dir, marker)
+    lost_modalities = _lost_modalities(lost, pass_keys)
     rows = {vid: i for i, vid in enumerate(marker["ok"])}
     failed = {f["video_id"]: {k: x for k, x in f.items() if k != "video_id"} for f in marker["failed"]}
     info_by_video = group.attrs["videos"]
+    decode_ok = all(k in good for k in DECODE_KEYS)
     for v in videos:
         vid = v["video_id"]
         carry = bool(v.get("carry"))
-        if vid not in rows:
+        if vid not in rows or (carry and not decode_ok):
             if carry:
-                v["failed"] = failed.get(vid) or {"stage": "extract", "reason": "not in the shard it was carried from"}
+                v["failed"] = failed.get(vid) or {"stage": "extract", "reason": "not in the shard it was carried from"
+                                                  if vid not in rows else "its stored frame indices are damaged"}
             continue
         row, info = rows[vid], info_by_video[vid]
 
         def take_decode_fields() -> None:  # what decoding gave this video, as the shard holds it
             v.update(fps=info.get("fps", 0.0), num_frames=info.get("num_frames", 0), decoder=info.get("decoder"),
-                     size=info.get("size"), frame_indices=np.asarray(group["frame_indices"][row]),
-                     timestamps=np.asarray(group["timestamps"][row]))
+                     size=info.get("size"), frame_indices=good["frame_indices"][row],
+                     timestamps=good["timestamps"][row])
 
         if carry:
             keys = set(STORE_KEYS)
             take_decode_fields()
-            v.update(failed=None, errors=list(info.get("errors", [])), model_meta=dict(info.get("model_meta", {})))
+            v.update(failed=None, errors=list(info.get("errors", [])), model_meta=dict(info.get("model_meta", {})),
+                     source=info.get("source"))
         else:
             keys = set(STORE_KEYS) - pass_keys
-            if v.get("failed"):  # this pass could not redo it: keep the shard's row, list the failure
+            if v.get("failed") and decode_ok:  # this pass could not redo it: keep the shard's row, list the failure
                 v["errors"] = v.get("errors", []) + [{**v["failed"], "reason": f"{v['failed']['reason']} (adding "
                                                        f"{', '.join(sorted(pass_keys))}; the rest kept)"}]
                 v["failed"] = None
                 keys = set(STORE_KEYS)
                 take_decode_fields()
-            kept = [e for e in info.get("errors", []) if e.get("stage") not in pass_stages]
+                v["source"] = info.get("source")
+            kept = [e for e in info.get("errors", []) if e.get("stage") not in pass_stages
+                    and not (e.get("stage") == "store" and set(MODALITIES[e["modality"]].store_keys) <= pass_keys)]
             v["errors"] = kept + v.get("errors", [])
             v["model_meta"] = {**info.get("model_meta", {}), **v.get("model_meta", {})}
         for key in sorted(keys):
-            if key in marker["arrays"] and marker["present"].get(key, [False] * len(rows))[row]:
-                v["features"][key] = np.asarray(group[key][row])
-    return dict(marker.get("hashes", {}))
+            if key in good and marker["present"].get(key, [False] * len(rows))[row]:
+                v["features"][key] = good[key][row]
+        had = [m for m in lost_modalities if marker["present"].get(MODALITIES[m].store_keys[0], [False] * len(rows))[row]]
+        v["errors"] = v["errors"] + [{"stage": "store", "modality": m, "reason": f"{m} features damaged in the store "
+                                      f"({lost_modalities[m]}); add them again with features.modalities=[{m}]"}
+                                     for m in had if not v.get("failed")]
+    return {m: h for m, h in marker.get("hashes", {}).items() if m not in lost_modalities}
 
 
 def write_failures(root: Path, markers: Iterable[dict], extra: Iterable[dict] = ()) -> list[dict]:

@@ -31,9 +31,9 @@ def main(cfg: DictConfig) -> None:
     for note in verdict.notes:
         print(f"note: {note}")
     for rel, problems in verdict.problems.items():
-        print(f"PROBLEM {rel}: " + "; ".join(problems))
+        print(f"CORRUPT {rel}: " + "; ".join(problems))
     bad = len(verdict.problems)
-    print(f"{verdict.ok}/{verdict.checked} shards on disk verify in {root}"
+    print(f"{verdict.ok}/{verdict.checked} shards verify in {root}"
           + (f"; {bad} shards with problems: `make extract ... ARGS=\"store.verify=true\"` extracts them again"
              if bad else ""))
     sys.exit(1 if bad else 0)

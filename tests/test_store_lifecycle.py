@@ -188,3 +188,63 @@ def test_a_crash_between_the_two_renames_loses_nothing(base):
     assert FeatureStore(root).video_ids == ["a", "c"] and read_marker(shard)["ok"] == ["a", "c"]
     aside.mkdir()  # an aside copy whose replacement made it: deleted
     assert recover_replaced(root) == 0 and not aside.exists()
+
+
+# ---------------------------------------------------------------------- repairs keep every valid modality (issue 20 case 5)
+
+
+def _flip(shard: Path, key: str) -> None:
+    path = next(p for p in (shard / key / "c").rglob("*") if p.is_file())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def two_modalities(tmp_path):
+    root = tmp_path / "s"
+    init_store(root, dataset="s", hashes=HASHES)
+    spec = ShardSpec("train-00000", "train", ("a", "b"))
+    write_shard(root, spec, [payload_video(v, seed=i, keys=("rgb", "audio")) for i, v in enumerate(spec.video_ids)],
+                hashes=HASHES)
+    return root, spec
+
+
+def test_repairing_one_modality_carries_the_other_over(two_modalities):
+    root, spec = two_modalities
+    shard = root / spec.relpath()
+    audio = {v: FeatureStore(root).get(v, "audio") for v in spec.video_ids}
+    _flip(shard, "rgb")
+    redo = [payload_video(v, seed=10 + i) for i, v in enumerate(spec.video_ids)]  # this pass: rgb only
+    hashes = load_base(shard, redo, pass_keys={"rgb"}, pass_stages={"decode", "encoder"})
+    marker = write_shard(root, spec, redo, hashes={**hashes, "rgb": "hr"})
+    assert sorted(marker["hashes"]) == ["audio", "rgb"]  # today's main (no base for a corrupt shard): ['rgb']
+    fs = FeatureStore(root, expected_hashes=HASHES)
+    for v in spec.video_ids:
+        np.testing.assert_array_equal(fs.get(v, "audio"), audio[v])
+
+
+def test_a_damaged_modality_this_pass_does_not_redo_is_listed_not_kept(two_modalities):
+    root, spec = two_modalities
+    shard = root / spec.relpath()
+    _flip(shard, "audio")
+    redo = [payload_video(v, seed=10 + i) for i, v in enumerate(spec.video_ids)]
+    hashes = load_base(shard, redo, pass_keys={"rgb"}, pass_stages={"decode", "encoder"})
+    assert hashes == {"rgb": "hr"}  # the damaged audio is not vouched for
+    marker = write_shard(root, spec, redo, hashes={**hashes, "rgb": "hr"})
+    lost = [(e["video_id"], e["stage"], e["modality"]) for e in marker["errors"]]
+    assert lost == [("a", "store", "audio"), ("b", "store", "audio")] and "audio" not in marker["present"]
+    again = [payload_video(v, seed=20 + i, keys=("audio",)) for i, v in enumerate(spec.video_ids)]
+    load_base(shard, again, pass_keys={"audio"}, pass_stages={"decode", "audio"})
+    assert write_shard(root, spec, again, hashes=HASHES)["errors"] == []  # adding it again clears the rows
+
+
+def test_a_corrupt_shard_is_planned_as_a_repair_over_its_own_base(two_modalities):
+    from pipeline.extract import plan_work
+
+    root, spec = two_modalities
+    _flip(root / spec.relpath(), "rgb")
+    entries = [VideoEntry(v, f"/x/{v}.mp4", "train") for v in spec.video_ids]
+    work = plan_work(root, [(spec, entries)], HASHES, ["rgb"], retry_failed=False, verify=True)
+    assert [(s, base, carry) for s, _, base, carry in work.full] == [(spec, root / spec.relpath(), set())]
+    assert dict(work.reasons) == {"repair": 1}  # today's main: a new shard without base (its audio lost)
