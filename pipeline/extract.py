@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from core.features import combined_hash, modality_hashes, modality_views, resolve_features
 from core.hub import ModelUnavailableError
+from core.provenance import sources_changed
 from core.store import collect_markers, corrupt_arrays, read_marker, shard_is_valid
 from core.util import find_error, to_plain
 from pipeline.lease import StoreLease
@@ -118,6 +119,7 @@ class Work:
     done: int = 0
     waiting: list = field(default_factory=list)    # shards that need videos this dataset does not list
     reasons: Counter = field(default_factory=Counter)
+    changed: list = field(default_factory=list)    # video ids whose source changed since they were stored
 
 
 def _retry_ids(marker: dict, retry_failed: bool) -> set[str]:
@@ -125,6 +127,14 @@ def _retry_ids(marker: dict, retry_failed: bool) -> set[str]:
     lost modality with store.retry_failed."""
     rows = [*marker.get("failed", []), *marker.get("errors", [])]
     return {r["video_id"] for r in rows if retry_failed or r.get("transient")}
+
+
+def _changed_sources(marker: dict, entries) -> set[str]:
+    """Videos of a valid shard whose source file is not the one their features were made from
+    (another file at the same relative path, an edited file): they are extracted again."""
+    recorded = marker.get("sources") or {}
+    return {e.video_id for e in entries
+            if sources_changed(recorded.get(e.video_id), e.path, dict(e.streams))}
 
 
 def plan_work(root: Path, shards, registry: dict, requested: list[str], *, retry_failed: bool, verify: bool) -> Work:
@@ -156,7 +166,9 @@ def plan_work(root: Path, shards, registry: dict, requested: list[str], *, retry
                 work.waiting.append(spec)
             continue
         missing = tuple(m for m in requested if m not in marker["hashes"])
-        retry = _retry_ids(marker, retry_failed) & listed
+        changed = _changed_sources(marker, entries)
+        work.changed += sorted(changed)
+        retry = (_retry_ids(marker, retry_failed) | changed) & listed
         ok = set(marker["ok"])
         if (not missing or not ok) and not retry:  # nothing to add to a shard whose videos all failed
             work.done += 1
@@ -262,6 +274,9 @@ def run_extract(cfg) -> dict:
                  "dataset does not list (removed %d leftovers, restored %d shards)", index.name, len(index.videos),
                  len(shards), len(added), work.done, n_todo, dict(work.reasons) or "nothing", len(work.waiting),
                  cleaned, restored)
+        if work.changed:
+            log.warning("%d videos changed since they were extracted (e.g. %s): extracting them again",
+                        len(work.changed), ", ".join(work.changed[:3]))
         if work.waiting:
             log.warning("%d shards also hold videos this dataset does not list and are not complete (e.g. %s); "
                         "a run over the dataset that lists them finishes them", len(work.waiting),
@@ -282,7 +297,7 @@ def run_extract(cfg) -> dict:
                "stage_seconds": {k: round(v, 3) for k, v in totals["stages"].items()}, "preset": features.get("preset"),
                "plan": totals.get("plan"), "first_shard_seconds": totals.get("first_shard_s"),
                "bytes_per_hop": hop_bytes(totals["hops"]),
-               "modalities_requested": requested}
+               "modalities_requested": requested, "sources_changed": work.changed}
         report = build_report(dataset=index.name, root=root, config_hash=combined_hash(registry), shards=shards,
                               markers=markers, failures=failures, run=run)
         write_report(root, report)

@@ -21,6 +21,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from core.modalities import MODALITIES, STORE_KEYS
+from core.provenance import sources_changed, video_sources
 
 FRAME_KEYS = frozenset(k for row in MODALITIES.values() if row.kind == "frame" for k in row.store_keys)
 from core.features import combined_hash
@@ -246,6 +247,7 @@ def write_shard(
             "decoder": v.get("decoder"),
             "size": list(np.asarray(v["frames"]).shape[1:3]) if "frames" in v else v.get("size"),
             "errors": v.get("errors", []), "model_meta": v.get("model_meta", {}),
+            "source": v.get("source") or video_sources(v.get("path", ""), v.get("streams")),
         }
         for v in ok
     }
@@ -256,6 +258,7 @@ def write_shard(
         "config_hash": combined_hash(hashes), "video_ids": list(spec.video_ids), "ok": [v["video_id"] for v in ok], "failed": failed,
         "errors": errors, "present": present, "arrays": arrays, "timings": timings or {},
         "nodes": nodes or {}, "hops": hops or {}, "written_at": time.time(),
+        "sources": {vid: info["source"] for vid, info in per_video.items()},
     }
     _fsync_tree(tmp)  # the data is on disk before the marker that vouches for it
     write_json_atomic(tmp / MARKER, marker)
@@ -320,6 +323,18 @@ def _lost_modalities(lost: dict[str, str], pass_keys: set[str]) -> dict[str, str
             if any(k in lost for k in row.store_keys) and not set(row.store_keys) <= pass_keys}
 
 
+def _forget_old_source(v: dict, marker: dict, row: int, pass_keys: set[str]) -> None:
+    """A video whose source file changed since the shard was written keeps nothing of it: the
+    modalities this pass does not compute are listed as missing (stage "store")."""
+    if v.get("failed"):
+        return
+    held = [m for m, r in MODALITIES.items() if not set(r.store_keys) <= pass_keys
+            and marker["present"].get(r.store_keys[0], [False] * (row + 1))[row]]
+    v["errors"] = v.get("errors", []) + [
+        {"stage": "store", "modality": m, "reason": f"the source changed since its {m} features were extracted "
+         f"(those were dropped); add them again with features.modalities=[{m}]"} for m in held]
+
+
 def load_base(base_dir: Path, videos: list[dict], *, pass_keys: set[str], pass_stages: set[str]) -> dict[str, str]:
     """Fill payload videos with what an existing shard already holds; returns the hashes of the
     modalities carried over.
@@ -356,6 +371,9 @@ def load_base(base_dir: Path, videos: list[dict], *, pass_keys: set[str], pass_s
                      size=info.get("size"), frame_indices=good["frame_indices"][row],
                      timestamps=good["timestamps"][row])
 
+        if not carry and sources_changed(info.get("source"), v.get("path", ""), v.get("streams")):
+            _forget_old_source(v, marker, row, pass_keys)
+            continue
         if carry:
             keys = set(STORE_KEYS)
             take_decode_fields()

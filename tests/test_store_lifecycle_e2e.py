@@ -45,6 +45,11 @@ def shard_bytes(root: Path, vid: str) -> dict[str, bytes]:
     return {str(p.relative_to(shard)): p.read_bytes() for p in sorted(shard.rglob("*")) if p.is_file()}
 
 
+def shard_of(root: Path, vid: str) -> Path:
+    (shard,) = [m.parent for m in root.glob("*/*.zarr/_SUCCESS.json") if read_marker(m.parent)["video_ids"] == [vid]]
+    return shard
+
+
 def report(root: Path) -> dict:
     return json.loads((root / "report.json").read_text())
 
@@ -134,3 +139,56 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
         assert FeatureStore(out / "videos").video_ids == ["a.mp4"] and not (out / "videos" / LOCK).exists()
     finally:
         holder.kill()
+
+
+def test_colliding_names_changed_sources_repairs_and_decode_settings(tmp_path):
+    """Issue 20 cases 1, 2, 5 and 6 through the CLI: two real runs with Ray, one refused before it."""
+    from core.provenance import fingerprint
+
+    b1, b2, out = tmp_path / "batch1", tmp_path / "batch2", tmp_path / "out"
+    for d in (b1, b2):
+        d.mkdir()
+    write_video(b1 / "a.mp4")
+    write_video(b1 / " a.mp4", step=4)  # differs from a.mp4 by a leading space only
+    write_video(b1 / "c.mp4", step=3)
+    root = out / "videos"
+
+    # case 1: three files, three videos (today's main: 2, one file dropped without a word)
+    extract(b1, out, "features.modalities=[rgb,audio]")
+    fs = FeatureStore(root)
+    assert len(fs) == 3 and "a.mp4" in fs and "c.mp4" in fs
+    (spaced,) = [v for v in fs.video_ids if v not in ("a.mp4", "c.mp4")]
+    assert not np.array_equal(fs.get(spaced, "rgb"), fs.get("a.mp4", "rgb"))
+    old_a = fs.get("a.mp4", "rgb")
+    c_audio = {k: v for k, v in shard_bytes(root, "c.mp4").items() if k.startswith("audio/")}
+
+    # batch 2: another file at a's path (case 2), c.mp4 copied (new mtime, same bytes: not a change)
+    write_video(b2 / "a.mp4", step=5)
+    shutil.copy(b1 / "c.mp4", b2 / "c.mp4")
+    # case 5: a flipped byte in c's rgb chunk, then a repair that computes rgb only
+    c_shard, a_shard = shard_of(root, "c.mp4"), shard_of(root, "a.mp4")
+    (chunk,) = [p for p in (c_shard / "rgb" / "c").rglob("*") if p.is_file()]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    proc = extract(b2, out, "features.modalities=[rgb]", "store.verify=true")
+    run = report(root)["run"]
+    assert run["sources_changed"] == ["a.mp4"] and run["work"] == {"retry": 1, "repair": 1}, run
+    assert "0 already valid" in proc.stdout  # today's main: "1 already valid", batch 1's features kept
+    fs = FeatureStore(root)
+    assert not np.array_equal(fs.get("a.mp4", "rgb"), old_a)
+    recorded = read_marker(a_shard)["sources"]["a.mp4"]["video"]
+    assert recorded["fingerprint"] == fingerprint(b2 / "a.mp4")["fingerprint"] and recorded["path"] == str(b2 / "a.mp4")
+    assert not fs.has("a.mp4", "audio")  # the old file's audio is not passed off as the new one's
+    assert failures(root)["a.mp4"]["modality"] == "audio" and "source changed" in failures(root)["a.mp4"]["reason"]
+    # the repaired shard keeps its audio, byte for byte (today's main: hashes ['rgb'], audio gone)
+    assert fs.has("c.mp4", "audio") and sorted(read_marker(c_shard)["hashes"]) == ["audio", "rgb"]
+    assert {k: v for k, v in shard_bytes(root, "c.mp4").items() if k.startswith("audio/")} == c_audio
+    fs.get("c.mp4", "rgb")  # reads clean again
+
+    # case 6: normal decoded at another size joins nothing: refused before Ray starts, store untouched
+    meta = (root / "store.json").read_text()
+    proc = extract(b2, out, "features.modalities=[normal]", "features.decode.max_side=32", check=False)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert "normal: store decode {max_side: 256}" in proc.stderr and "this run decode {max_side: 32}" in proc.stderr
+    assert (root / "store.json").read_text() == meta
