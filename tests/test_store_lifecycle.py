@@ -248,3 +248,26 @@ def test_a_corrupt_shard_is_planned_as_a_repair_over_its_own_base(two_modalities
     work = plan_work(root, [(spec, entries)], HASHES, ["rgb"], retry_failed=False, verify=True)
     assert [(s, base, carry) for s, _, base, carry in work.full] == [(spec, root / spec.relpath(), set())]
     assert dict(work.reasons) == {"repair": 1}  # today's main: a new shard without base (its audio lost)
+
+
+def test_a_changed_source_is_planned_again_and_a_copied_one_is_not(tmp_path):
+    from pipeline.extract import plan_work
+
+    root = tmp_path / "s"
+    init_store(root, dataset="s", hashes=HASHES)
+    src = {v: tmp_path / f"{v}.mp4" for v in ("a", "b")}
+    for v, path in src.items():
+        path.write_bytes(v.encode() * 1000)
+    spec = ShardSpec("train-00000", "train", ("a", "b"))
+    write_shard(root, spec, [{**payload_video(v, seed=i, keys=("rgb", "audio")), "path": str(src[v])}
+                             for i, v in enumerate(spec.video_ids)], hashes=HASHES)
+    entries = [VideoEntry(v, str(src[v]), "train") for v in spec.video_ids]
+    assert plan_work(root, [(spec, entries)], HASHES, ["rgb"], retry_failed=False, verify=False).done == 1
+    src["a"].write_bytes(b"another file" * 100)  # another file at a's path
+    src["b"].write_bytes(src["b"].read_bytes())  # b rewritten with the same bytes (a new mtime)
+    work = plan_work(root, [(spec, entries)], HASHES, ["rgb"], retry_failed=False, verify=False)
+    assert work.changed == ["a"] and [carry for *_, carry in work.full] == [{"b"}]  # today's main: done, "valid"
+    redo = [{**payload_video("a", seed=7), "path": str(src["a"])}, {**payload_video("b", seed=0), "carry": True}]
+    load_base(root / spec.relpath(), redo, pass_keys={"rgb"}, pass_stages={"decode", "encoder"})
+    assert "audio" not in redo[0]["features"] and redo[0]["errors"][0]["modality"] == "audio"
+    assert "audio" in redo[1]["features"]
