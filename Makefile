@@ -70,6 +70,7 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	@test -d $(OUT)/demo || $(PY) scripts/extract.py dataset=demo features=tiny out=$(OUT)
 	$(PY) scripts/bench_train.py out=$(OUT)
 	$(PY) scripts/bench_reference.py
+	$(PY) scripts/bench_store.py
 	$(PY) scripts/bench.py $(ARGS)  # last: its table gathers every bench/results/*.json
 
 # Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they

@@ -249,6 +249,14 @@ def _marker_signature(shard_dir: Path) -> tuple | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _frames(array: zarr.Array, row: int, frames) -> np.ndarray:
+    """Stored frames ``frames`` (any order, repeats allowed) of one video: one basic read per
+    frame chunk. Zarr's (3.1.6) orthogonal selection gives the same values ~9x slower on
+    full-size features: 0.29 s against 0.033 s for 4 of 8 frames of 257 x 1408, measured here."""
+    idx = [int(f) for f in np.asarray(frames, dtype=np.int64).reshape(-1)]
+    return np.stack([array[row, f] for f in idx]) if idx else array[row, :0]
+
+
 @dataclass
 class _Shard:
     """What a reader took from one shard's marker, and which marker file that was."""
@@ -393,8 +401,7 @@ class FeatureStore:
             if frames is None:
                 out = self._read(shard_dir, modality, lambda a: a[row])
             else:
-                idx = np.asarray(frames, dtype=np.int64)
-                out = self._read(shard_dir, modality, lambda a: a.get_orthogonal_selection((row, idx)))
+                out = self._read(shard_dir, modality, lambda a: _frames(a, row, frames))
             if _marker_signature(shard_dir) == signature:  # not rewritten while we read it
                 return out
         raise StoreError(f"shard {shard_dir} keeps being rewritten while it is read; wait for the run writing it")
