@@ -354,6 +354,10 @@ def print_table(result: dict, small: int, large: int, scale: int) -> None:
         rows.append(("loader samples/s (0 / 2 workers) vs trainer consumption",
                      f"{train['reader_samples_per_s']['workers_0']:.0f} / {train['reader_samples_per_s']['workers_2']:.0f}"
                      f" vs {train['trainer_samples_per_s']:.1f}"))
+    store = _load("store_reader.json")
+    if store:
+        rows.append(("store reader, crc32c check cost per sample, CPU (tiny / full shapes)",
+                     f"{store['tiny']['cost_cpu']:+.1%} / {store['full']['cost_cpu']:+.1%} (store_reader.json)"))
     width = max(len(r[0]) for r in rows)
     print("\n" + "\n".join(f"{a.ljust(width)}  {b}" for a, b in rows))
 
