@@ -206,20 +206,18 @@ def collect_markers(root: Path, *, hashes: dict[str, str], verify: bool = False)
     return out
 
 
-def _chunk_files(array_dir: Path, meta: dict) -> list[Path]:
-    """The files the array's regular chunk grid needs (one per Zarr shard; writers put a whole
-    array in one)."""
-    shape, chunks = meta.get("shape", []), meta["chunk_grid"]["configuration"]["chunk_shape"]
+def _chunk_files(array_dir: Path, shape, grid) -> list[Path]:
+    """The files a regular chunk grid of ``grid``-sized chunks (Zarr shards: writers put a whole
+    array in one) needs for an array of ``shape``."""
     if not shape or 0 in shape:
         return []
-    sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
-    counts = [range(-(-n // c)) for n, c in zip(shape, chunks)]
-    return [Path(array_dir) / ("c" + sep + sep.join(map(str, idx))) for idx in itertools.product(*counts)]
+    counts = [range(-(-n // c)) for n, c in zip(shape, grid)]
+    return [Path(array_dir, "c", *map(str, idx)) for idx in itertools.product(*counts)]
 
 
-def _missing_chunks(array_dir: Path) -> list[Path]:
-    meta = json.loads((Path(array_dir) / "zarr.json").read_text())
-    return [p for p in _chunk_files(array_dir, meta) if not p.is_file()]
+def _missing_chunks(array_dir: Path, array: zarr.Array) -> list[Path]:
+    """Chunk files of ``array`` that are not on disk (Zarr would read them as fill values)."""
+    return [p for p in _chunk_files(array_dir, array.shape, array.shards or array.chunks) if not p.is_file()]
 
 
 def has_chunk_checksums(array_dir: Path) -> bool:
@@ -233,10 +231,11 @@ def has_chunk_checksums(array_dir: Path) -> bool:
 
 def _read_checked(array_dir: Path):
     """An array's whole data; a chunk file that is gone is an error (Zarr would return zeros)."""
-    missing = _missing_chunks(array_dir)
+    array = zarr.open_array(str(array_dir), mode="r")
+    missing = _missing_chunks(array_dir, array)
     if missing:
         raise StoreError(f"{missing[0]} is missing (Zarr would read it as zeros)")
-    return zarr.open_array(str(array_dir), mode="r")[...]
+    return array[...]
 
 
 def _marker_signature(shard_dir: Path) -> tuple | None:
@@ -379,8 +378,7 @@ class FeatureStore:
         """``select(array)`` on a shard's array; a missing chunk file or a failed crc32c is a StoreError."""
         try:
             array = self._array(shard_dir, key)
-            missing = [p for p in _chunk_files(shard_dir / key, {"shape": array.shape, "chunk_grid": {
-                "configuration": {"chunk_shape": array.shards or array.chunks}}}) if not p.is_file()]
+            missing = _missing_chunks(shard_dir / key, array)
             if missing:
                 raise StoreError(f"{missing[0]} is missing (Zarr would read it as zeros)")
             return select(array)
