@@ -10,10 +10,12 @@ Layout under ``<out>/<dataset>/``::
     <split>/<shard_id>.zarr/         one Zarr v3 group per output shard
         <key>                        one array per store key (core.modalities.STORE_KEYS),
                                      [n_videos_ok, *per_video_shape], one chunk per video, all
-                                     chunks in one Zarr shard file
+                                     chunks in one Zarr shard file; each chunk zstd + crc32c
+                                     (checked on every read; stores from before have no crc32c)
         frame_indices, timestamps    [n_videos_ok, F]
         raw/<video_id>/<map>         optional raw derived maps (depth, flow, normal) at source size
-        _SUCCESS.json                the marker, written LAST, inside the group, before the rename
+        _SUCCESS.json                the marker, written LAST, inside the group, before the rename;
+                                     it also records each video's source (core.provenance)
     failures.jsonl                   every failed video or missing modality, rebuilt from markers
     report.json                      the run report (see pipeline.report)
 

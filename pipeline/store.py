@@ -119,7 +119,7 @@ def _decode_clash(meta: dict | None, features: dict[str, dict]) -> dict[str, tup
     held = {m: d for m, d in held.items() if d}  # stores from before the views were recorded: unknown
     if not held:
         return {}
-    ref_name, ref = next(iter(sorted(held.items())))
+    _, ref = next(iter(sorted(held.items())))
     out = {}
     for m, view in features.items():
         if m in held:
