@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable
 
@@ -150,6 +151,8 @@ def write_shard(
     timings: dict | None = None,
     nodes: dict | None = None,
     hops: dict | None = None,
+    fence=None,
+    tmp_token: str | None = None,
 ) -> dict:
     """Write one shard (the only writer of ``spec``) and return its marker.
 
@@ -159,14 +162,16 @@ def write_shard(
     moment without one on disk (see ``_swap_into_place``). ``nodes``
     (stage -> the Ray node it ran on) goes into the marker only, like ``timings``: the arrays and
     the group's attrs do not depend on where a shard ran; ``hops`` (stage -> array bytes it
-    handed on) likewise.
+    handed on) likewise. ``fence`` (a context-manager factory, pipeline.lease.fenced): the swap
+    into place happens inside it, so a writer whose run lost the store's lease changes nothing;
+    ``tmp_token`` names the temporary (``shard_tmp``) so the caller can remove it after a failure.
     """
     root = Path(root)
     if [v["video_id"] for v in videos] != list(spec.video_ids):
         raise ValueError(f"shard {spec.shard_id}: payload videos do not match the manifest")
     final = root / spec.relpath()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}"
+    tmp = shard_tmp(root, spec, tmp_token or uuid.uuid4().hex[:8])
     ok = [v for v in videos if not v.get("failed")]
     failed = [{"video_id": v["video_id"], **v["failed"]} for v in videos if v.get("failed")]
     errors = [{"video_id": v["video_id"], **e} for v in ok for e in v.get("errors", [])]
@@ -210,8 +215,18 @@ def write_shard(
     }
     _fsync_tree(tmp)  # the data is on disk before the marker that vouches for it
     write_json_atomic(tmp / MARKER, marker)
-    _swap_into_place(tmp, final)
+    try:
+        with fence() if fence is not None else nullcontext():
+            _swap_into_place(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a swap; a fenced-out writer leaves nothing
     return marker
+
+
+def shard_tmp(root: Path, spec: ShardSpec, token: str) -> Path:
+    """The temporary directory a writer fills before renaming it to ``spec``'s shard."""
+    final = Path(root) / spec.relpath()
+    return final.parent / f"{TMP_PREFIX}{final.name}.{token}"
 
 
 REPLACED = ".replaced-"
