@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from core.util import find_error
+import logging
 
 EXIT_FAILURES, EXIT_USER, EXIT_STORAGE = 1, 2, 3
 
@@ -43,22 +43,77 @@ class StorageError(ExtractError):
     """The store's filesystem refused a write (exit code 3)."""
 
 
-def _is_storage(exc: BaseException) -> bool:
+class WriteRefused(RuntimeError):
+    """A writer's OSError from the storage, carried across Ray with its errno and path intact
+    (Ray hands an OSError raised in an actor to the driver with its errno and message only)."""
+
+    def __init__(self, message: str, code: int = 0, path: str = ""):
+        super().__init__(message, code, path)
+        self.code, self.path = code, path
+
+
+def is_storage(exc: BaseException) -> bool:
+    """An OSError by which the storage refuses a write (full, read-only, permission, name length)."""
     return isinstance(exc, OSError) and exc.errno in _ADVICE
+
+
+_is_storage = is_storage
+
+
+def _chain(exc: BaseException):
+    """``exc`` and every exception inside it (Ray's ``cause``, ``__cause__``, ``__context__``)."""
+    seen, stack = set(), [exc]
+    while stack:
+        err = stack.pop()
+        if isinstance(err, BaseException) and id(err) not in seen:
+            seen.add(id(err))
+            yield err
+            stack += [getattr(err, "cause", None), err.__cause__, err.__context__]
+
+
+def _storage_oserror(exc: BaseException) -> tuple[int, object] | None:
+    """(errno, path) of the storage's refusal in ``exc``: a writer's WriteRefused, else an
+    OSError raised here (Ray's copies of an actor's OSError have lost the path)."""
+    chain = list(_chain(exc))
+    for e in chain:
+        if isinstance(e, WriteRefused) and e.code in _ADVICE:
+            return e.code, e.path
+    found = [e for e in chain if is_storage(e)]
+    found = next((e for e in found if type(e).__module__ == "builtins"), found[0] if found else None)
+    return (found.errno, found.filename) if found is not None else None
 
 
 def storage_error(exc: BaseException, root: Path) -> StorageError | None:
     """The StorageError for ``exc`` (or an OSError inside Ray's wrappers of it), None when it is
     not a refusal of the storage under ``root``."""
-    found = find_error(exc, OSError, where=_is_storage)
+    found = _storage_oserror(exc)
     if found is None:
         return None
-    path = found.filename or root
+    code, path = found
+    path = path if isinstance(path, (str, os.PathLike)) and str(path).startswith("/") else root
     free = ""
-    if found.errno in (errno.ENOSPC, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EDQUOT):
         try:
             free = f", {shutil.disk_usage(root).free / 2**20:.1f} MiB free"
         except OSError:
             pass
-    return StorageError(f"cannot write {path} ({os.strerror(found.errno)}{free}): {_ADVICE[found.errno]}, then run "
+    return StorageError(f"cannot write {path} ({os.strerror(code)}{free}): {_ADVICE[code]}, then run "
                         f"the same command again to resume (finished shards are kept)")
+
+
+class _KnownErrorFilter(logging.Filter):
+    """Drops Ray Data's logged tracebacks of errors the run reports itself in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not (_storage_oserror(exc) or any(type(e).__name__ == "LeaseLostError"
+                                                                for e in _chain(exc)))
+
+
+def quiet_known_errors() -> None:
+    """Ray Data logs a failed task's traceback (twice) before the driver sees the error; for a
+    storage refusal or a lost lease the run's own `error:` line says it all (Ray's log files keep them)."""
+    for name in ("ray.data", "ray"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _KnownErrorFilter) for f in handler.filters):
+                handler.addFilter(_KnownErrorFilter())

@@ -16,7 +16,7 @@ from core.features import combined_hash, modality_hashes, modality_views, resolv
 from core.hub import ModelUnavailableError
 from core.store import StoreError, collect_markers, read_marker, shard_is_valid, verify_shard
 from core.util import find_error, to_plain
-from pipeline.errors import ExtractError, StorageError, storage_error  # noqa: F401 (ExtractError: re-exported)
+from pipeline.errors import ExtractError, StorageError, quiet_known_errors, storage_error  # noqa: F401 (re-exported)
 from pipeline.lease import StoreBusyError, StoreLease
 from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
@@ -73,6 +73,7 @@ def start_ray(ray_cfg: dict) -> None:
     # Payloads (dicts of arrays) travel as Ray Data's pickled-object column, by choice: saying so
     # keeps Ray from warning about it once per actor.
     ctx.enable_fallback_to_arrow_object_ext_type = True
+    quiet_known_errors()
 
 
 def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool) -> None:
@@ -286,6 +287,8 @@ def run_extract(cfg) -> dict:
         err = storage_error(exc, root)
         if err is None:
             raise
+        print(f"== extract {index.name}: stopped before taking the store's lease; the store at {root} is unchanged",
+              flush=True)
         raise err from None
     print(summary(report, failures), flush=True)
     return report

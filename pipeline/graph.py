@@ -39,6 +39,7 @@ from core.modalities import MODALITIES
 from core.store import ShardSpec
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.sandbox import Sandbox, SandboxError, resolve
+from pipeline.errors import WriteRefused, is_storage
 from pipeline.lease import check_lease, fenced
 from pipeline.store import load_base, shard_tmp, write_shard
 
@@ -379,8 +380,10 @@ class ShardWriterStage:
                                  compression=self.compression, store_raw_maps=self.raw_maps, timings=timings,
                                  nodes=nodes, hops=payload.get("hops"), fence=partial(fenced, self.root, self.token),
                                  tmp_token=tmp_token)
-        except BaseException:  # a full disk, a lost lease: no half-written temporary stays behind
+        except BaseException as exc:  # a full disk, a lost lease: no half-written temporary stays behind
             shutil.rmtree(shard_tmp(self.root, spec, tmp_token), ignore_errors=True)
+            if is_storage(exc):
+                raise WriteRefused(str(exc), exc.errno, str(exc.filename or self.root / spec.relpath())) from exc
             raise
         marker["timings"]["write"] = time.perf_counter() - t0
         marker["videos_decoded"] = payload.get("decoded", 0)

@@ -25,7 +25,7 @@ from core.modalities import MODALITIES, STORE_KEYS
 FRAME_KEYS = frozenset(k for row in MODALITIES.values() if row.kind == "frame" for k in row.store_keys)
 from core.features import combined_hash
 from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest,
-                        read_marker, read_store_meta, registry)
+                        raw_dir, read_marker, read_store_meta, registry)
 from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
 
 
@@ -195,7 +195,7 @@ def write_shard(
         if store_raw_maps:
             for v in ok:
                 for name, m in v.get("maps", {}).items():
-                    put(f"raw/{v['video_id']}/{name}", np.asarray(m, np.float16)[None])
+                    put(f"raw/{raw_dir(v['video_id'])}/{name}", np.asarray(m, np.float16)[None])
     per_video = {
         v["video_id"]: {
             "fps": float(v.get("fps", 0.0)), "num_frames": int(v.get("num_frames", 0)),

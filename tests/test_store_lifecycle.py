@@ -286,3 +286,26 @@ def test_a_crash_between_the_two_renames_loses_nothing(base):
     assert FeatureStore(root).video_ids == ["a", "c"] and read_marker(shard)["ok"] == ["a", "c"]
     aside.mkdir()  # an aside copy whose replacement made it: deleted
     assert recover_replaced(root) == 0 and not aside.exists()
+
+
+# ---------------------------------------------------------------------- the storage refusing a write
+
+
+def test_a_real_enospc_inside_rays_wrappers_becomes_one_message_naming_the_path(tmp_path):
+    """Issue 20 case 10, where no filesystem can be mounted: /dev/full raises a real ENOSPC."""
+    from pipeline.errors import StorageError, storage_error
+
+    try:
+        with open("/dev/full", "w") as f:
+            f.write("x")
+            f.flush()
+    except OSError as exc:
+        enospc = exc
+    wrapped = RuntimeError("a Ray task failed")  # as Ray Data re-raises a writer's error
+    wrapped.__cause__ = enospc
+    err = storage_error(wrapped, tmp_path)
+    assert isinstance(err, StorageError)
+    assert str(err).startswith(f"cannot write {tmp_path} (No space left on device, ")
+    assert "free space there or write to another OUT" in str(err) and "resume" in str(err)
+    assert storage_error(ValueError("not storage"), tmp_path) is None
+    assert storage_error(ConnectionResetError(104, "reset"), tmp_path) is None  # an OSError, but not the storage's
