@@ -15,11 +15,10 @@ same command resumes once the storage is fixed.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 from pathlib import Path
-
-import logging
 
 EXIT_FAILURES, EXIT_USER, EXIT_STORAGE = 1, 2, 3
 
@@ -56,8 +55,6 @@ def is_storage(exc: BaseException) -> bool:
     """An OSError by which the storage refuses a write (full, read-only, permission, name length)."""
     return isinstance(exc, OSError) and exc.errno in _ADVICE
 
-
-_is_storage = is_storage
 
 
 def _chain(exc: BaseException):

@@ -16,7 +16,7 @@ from core.features import combined_hash, modality_hashes, modality_views, resolv
 from core.hub import ModelUnavailableError
 from core.store import StoreError, collect_markers, read_marker, shard_is_valid, verify_shard
 from core.util import find_error, to_plain
-from pipeline.errors import ExtractError, StorageError, quiet_known_errors, storage_error  # noqa: F401 (re-exported)
+from pipeline.errors import ExtractError, quiet_known_errors, storage_error  # noqa: F401 (ExtractError: re-exported)
 from pipeline.lease import StoreBusyError, StoreLease
 from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
