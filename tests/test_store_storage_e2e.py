@@ -1,5 +1,6 @@
 """The store when the storage refuses (slow): a full disk and a read-only OUT on real small
-filesystems (tmpfs mounts), and a 255-character file name with raw maps, through the real CLI.
+filesystems (tmpfs mounts), through the real CLI. (A 255-character file name with raw maps:
+tests/test_store_lifecycle_e2e.py.)
 
 A full disk or a read-only OUT gives one `error:` line naming the path and what to do, the
 summary of what the store holds, no temporaries, and exit code 3 (pipeline/errors.py). Mounting
@@ -9,7 +10,6 @@ tests/test_store_lifecycle.py still maps a real ENOSPC (from /dev/full) to the s
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from core.store import FeatureStore, read_marker
 from media import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,20 +103,3 @@ def test_a_read_only_out_stops_before_anything_with_exit_3(videos, mounts):
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert len(errors) == 1 and f"{mnt}/videos" in errors[0] and "read-only" in errors[0], errors
     assert "Traceback" not in proc.stderr and "store at" in proc.stdout
-
-
-def test_a_255_character_file_name_with_raw_maps(tmp_path):
-    """Issue 20 case 9: a 255-character name with store.raw_maps=true aborted the whole run with
-    `OSError: File name too long`, every time."""
-    folder = tmp_path / "v"
-    folder.mkdir()
-    name = ("a long name " * 30)[:251] + ".mp4"  # spaces: its id gets a hash suffix, past 255 bytes
-    write_video(folder / name)
-    write_video(folder / "short.mp4", step=3)
-    proc = extract(folder, tmp_path / "out", "features.modalities=[depth]", "store.raw_maps=true")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    fs = FeatureStore(tmp_path / "out" / "videos")
-    assert len(fs) == 2 and all(fs.raw_map(v, "depth").ndim == 3 for v in fs.video_ids)
-    assert {m["video_ids"][0] for m in map(read_marker, (tmp_path / "out" / "videos").glob("*/*.zarr"))} == \
-        set(fs.video_ids)
-    assert json.loads((tmp_path / "out" / "videos" / "report.json").read_text())["videos_ok"] == 2
