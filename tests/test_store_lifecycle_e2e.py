@@ -137,7 +137,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
         extract(folder, out, "features.modalities=[depth]", "store.raw_maps=true")
         fs = FeatureStore(out / "videos")
         (vid,) = fs.video_ids
-        assert len(vid.encode()) > 255 and fs.raw_map(vid, "depth").ndim == 3
+        assert vid.startswith("a_long_name") and fs.raw_map(vid, "depth").ndim == 3
         assert not (out / "videos" / LOCK).exists()
     finally:
         holder.kill()
