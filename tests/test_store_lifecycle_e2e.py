@@ -142,3 +142,38 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_a_run_that_loses_its_lease_stops_its_writers(tmp_path):
+    """Issue 20 case 3: losing the lease stopped nothing (only the driver looked, once per shard,
+    while the Ray writers went on). Here another run takes the store over mid-run (as a run on
+    another host does after a takeover): no shard is swapped in after that, the run stops with an
+    `error:` line and leaves the new holder's lease alone."""
+    from core.util import write_json_atomic
+    from pipeline.lease import store_fence
+
+    folder, out = tmp_path / "v", tmp_path / "out"
+    folder.mkdir()
+    for i in range(4):
+        write_video(folder / f"v{i}.mp4", step=2 + i)
+    root = out / "videos"
+    cmd = [sys.executable, str(ROOT / "scripts/extract.py"), "dataset=videos", f"dataset.path={folder}", f"out={out}",
+           "ray.num_cpus=2", "features.decode.num_frames_stored=4", "store.shard_size=1",
+           "features.modalities=[rgb]", "+features.decode.decoder=faults:slow_decode"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        deadline = time.time() + 300
+        while not list(root.glob("*/*.zarr/_SUCCESS.json")):
+            assert time.time() < deadline and proc.poll() is None, "no shard was written"
+            time.sleep(0.05)
+        thief = {"host": "node-remote", "pid": 1, "run": "thief", "token": "t", "beat": 0, "heartbeat": time.time()}
+        with store_fence(root):  # no shard can be swapped in while the lease changes hands
+            write_json_atomic(root / LOCK, thief)
+            done = sorted(p.parent.name for p in root.glob("*/*.zarr/_SUCCESS.json"))
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "held by run thief" in errors[0], stderr[-3000:]
+    assert len(done) < 4 and sorted(p.parent.name for p in root.glob("*/*.zarr/_SUCCESS.json")) == done
+    assert json.loads((root / LOCK).read_text())["run"] == "thief" and not list(root.glob("*/.tmp-*"))
