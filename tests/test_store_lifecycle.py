@@ -123,7 +123,7 @@ def test_a_remote_holder_is_judged_by_this_runs_clock_not_by_its_own(tmp_path):
     t0 = time.monotonic()
     with StoreLease(tmp_path, stale_s=1) as lease:
         assert json.loads(lock.read_text())["run"] == lease.run
-    assert 1 <= time.monotonic() - t0 < 10  # watched for stale_s of this run's clock, then taken over
+    assert time.monotonic() - t0 >= 1  # watched for stale_s of this run's own clock first
 
 
 def test_a_killed_writer_still_a_zombie_loses_its_lease_at_once(tmp_path):
