@@ -27,6 +27,7 @@ from core.features import combined_hash
 from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreMismatchError, array_digest,
                         raw_dir, read_marker, read_store_meta, registry)
 from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
+from pipeline.lease import FENCE
 
 
 def _fsync(path: Path) -> None:
@@ -76,7 +77,7 @@ def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: di
             )
         if clash:  # store.overwrite: everything goes but the lease this run holds
             for child in root.iterdir():
-                if child.name != LOCK:
+                if child.name not in (LOCK, FENCE):  # the lease and its fence stay with the run holding them
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         else:
             new = {m: h for m, h in hashes.items() if m not in have}
