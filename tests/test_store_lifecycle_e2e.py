@@ -173,7 +173,7 @@ def test_a_run_that_loses_its_lease_stops_its_writers(tmp_path):
         _, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
+    assert len(done) < 4 and sorted(p.parent.name for p in root.glob("*/*.zarr/_SUCCESS.json")) == done
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "held by run thief" in errors[0], stderr[-3000:]
-    assert len(done) < 4 and sorted(p.parent.name for p in root.glob("*/*.zarr/_SUCCESS.json")) == done
     assert json.loads((root / LOCK).read_text())["run"] == "thief" and not list(root.glob("*/.tmp-*"))
