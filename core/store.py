@@ -13,7 +13,7 @@ Layout under ``<out>/<dataset>/``::
                                      chunks in one Zarr shard file; each chunk zstd + crc32c
                                      (checked on every read; stores from before have no crc32c)
         frame_indices, timestamps    [n_videos_ok, F]
-        raw/<video_id>/<map>         optional raw derived maps (depth, flow, normal) at source size
+        raw/<raw_dir(video_id)>/<map> optional raw derived maps (depth, flow, normal) at source size
         _SUCCESS.json                the marker, written LAST, inside the group, before the rename;
                                      it also records each video's source (core.provenance)
     failures.jsonl                   every failed video or missing modality, rebuilt from markers
@@ -74,6 +74,19 @@ class ShardSpec:
 
     def relpath(self) -> str:
         return f"{self.split}/{self.shard_id}.zarr"
+
+
+RAW_DIR_MAX = 128  # bytes: a file name may have 255 (NAME_MAX); an id may be longer than that
+
+
+def raw_dir(video_id: str) -> str:
+    """The folder of a video's raw maps inside its shard: the id itself when it is short enough
+    to be a file name anywhere, else a deterministic prefix + hash (a 255-character video name's
+    id is longer than a file name may be)."""
+    if len(video_id.encode()) <= RAW_DIR_MAX:
+        return video_id
+    digest = hashlib.sha256(video_id.encode()).hexdigest()[:16]
+    return f"{video_id.encode()[:96].decode(errors='ignore')}-{digest}"
 
 
 def read_marker(shard_dir: Path) -> dict | None:
@@ -424,7 +437,7 @@ class FeatureStore:
     def raw_map(self, video_id: str, name: str) -> np.ndarray:
         """A raw derived map (depth/flow/normal) if the run stored them (store.raw_maps=true)."""
         shard_dir, _ = self._locate(video_id)
-        path = shard_dir / "raw" / video_id / name
+        path = shard_dir / "raw" / raw_dir(video_id) / name
         if not path.exists():
             raise KeyError(f"no raw {name!r} map for {video_id!r}; re-extract with store.raw_maps=true")
-        return self._read(shard_dir, f"raw/{video_id}/{name}", lambda a: a[0])
+        return self._read(shard_dir, f"raw/{raw_dir(video_id)}/{name}", lambda a: a[0])

@@ -52,11 +52,11 @@ def pick_device(name: str | None = "auto"):
     return torch.device(name)
 
 
-def find_error(exc: BaseException, cls: type[BaseException]) -> BaseException | None:
+def find_error(exc: BaseException, cls: type[BaseException], where=None) -> BaseException | None:
     """The first exception of type `cls` in `exc`'s chain, looking through Ray's wrappers
     (a RayTaskError or ActorDiedError keeps the original in `.cause`), `__cause__` and
-    `__context__`; None when there is none. The error classes this is used with are plain
-    picklable exceptions, so they cross process boundaries intact."""
+    `__context__`; None when there is none. `where` (a predicate) narrows the match. The error
+    classes this is used with are plain picklable exceptions, so they cross process boundaries intact."""
     seen: set[int] = set()
     stack: list[Any] = [exc]
     while stack:
@@ -64,8 +64,8 @@ def find_error(exc: BaseException, cls: type[BaseException]) -> BaseException | 
         if not isinstance(err, BaseException) or id(err) in seen:
             continue
         seen.add(id(err))
-        if isinstance(err, cls):  # Ray's RayTaskError(cls) subclass: the original reads better
+        if isinstance(err, cls) and (where is None or where(err)):  # Ray's RayTaskError(cls): the original reads better
             inner = getattr(err, "cause", None)
-            return inner if isinstance(inner, cls) else err
+            return inner if isinstance(inner, cls) and (where is None or where(inner)) else err
         stack += [getattr(err, "cause", None), err.__cause__, err.__context__]
     return None

@@ -15,9 +15,10 @@ from tqdm import tqdm
 from core.features import combined_hash, modality_hashes, modality_views, resolve_features
 from core.hub import ModelUnavailableError
 from core.provenance import sources_changed
-from core.store import collect_markers, corrupt_arrays, read_marker, shard_is_valid
+from core.store import StoreError, collect_markers, corrupt_arrays, read_marker, shard_is_valid
 from core.util import find_error, to_plain
-from pipeline.lease import StoreLease
+from pipeline.errors import ExtractError, quiet_known_errors, storage_error  # noqa: F401 (ExtractError: re-exported)
+from pipeline.lease import StoreBusyError, StoreLease
 from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
 from pipeline.resources import (CPU_ONLY_NOTE, choose_plan, describe, describe_fused, fit_fused, fit_resources,
@@ -27,15 +28,14 @@ from pipeline.store import init_store, recover_replaced, remove_stale_temporarie
 log = logging.getLogger("crema.extract")
 
 
-class ExtractError(RuntimeError):
-    """A run-level problem the user can fix (e.g. model weights unavailable); the message says how."""
-
-
-def _user_error(exc: BaseException) -> ExtractError | None:
-    """Ray wraps an actor's constructor error in layers (ActorDiedError, RayTaskError, ...); a
-    ModelUnavailableError inside them becomes the one message the user needs."""
+def _user_error(exc: BaseException) -> Exception | None:
+    """Ray wraps an actor's error in layers (ActorDiedError, RayTaskError, ...); a
+    ModelUnavailableError inside them becomes the one message the user needs, and a writer's
+    LeaseLostError (the run lost the store) comes out as itself."""
     found = find_error(exc, ModelUnavailableError)
-    return ExtractError(str(found)) if found is not None else None
+    if found is not None:
+        return ExtractError(str(found))
+    return find_error(exc, StoreBusyError)
 
 
 def start_ray(ray_cfg: dict) -> None:
@@ -74,6 +74,7 @@ def start_ray(ray_cfg: dict) -> None:
     # Payloads (dicts of arrays) travel as Ray Data's pickled-object column, by choice: saying so
     # keeps Ray from warning about it once per actor.
     ctx.enable_fallback_to_arrow_object_ext_type = True
+    quiet_known_errors()
 
 
 def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool) -> None:
@@ -230,8 +231,10 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
         log.info("plan: stages (%s): %s", why, describe(features, store_cfg))
         check_resources(features, store_cfg, have, local=local)
     totals["plan"] = plan
+    # a generation of the lease per pass: stragglers of an earlier pass (or run) cannot swap shards in
     ds = build_dataset(jobs, features, root=root, hashes=hashes, store_cfg=store_cfg,
-                       decode_resources=features["decode"].get("resources"), plan=plan, fused=fused)
+                       decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
+                       token=lease.new_generation())
     with tqdm(total=len(jobs), unit="shard", desc=label, dynamic_ncols=True) as bar:
         for row in _translated(ds.iter_rows()):
             lease.check()
@@ -247,59 +250,129 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
             bar.update(1)
 
 
+@dataclass
+class RunState:
+    """What a run has done so far: enough for a report even when the storage stops it half way."""
+
+    t0: float
+    requested: list
+    preset: str | None = None
+    registry: dict | None = None
+    shards: list | None = None
+    added: list = field(default_factory=list)
+    work: Work = field(default_factory=Work)
+    n_todo: int = 0
+    totals: dict = field(default_factory=dict)
+
+    def run_record(self) -> dict:
+        totals, work = self.totals, self.work
+        return {"shards_written": self.n_todo, "shards_skipped": work.done, "shards_new": len(self.added),
+                "shards_waiting": len(work.waiting), "work": dict(work.reasons), "wall_seconds": time.time() - self.t0,
+                "videos_decoded": totals.get("decoded", 0),
+                "stage_seconds": {k: round(v, 3) for k, v in totals.get("stages", {}).items()},
+                "preset": self.preset, "plan": totals.get("plan"), "first_shard_seconds": totals.get("first_shard_s"),
+                "bytes_per_hop": hop_bytes(totals.get("hops", [])), "modalities_requested": self.requested,
+                "sources_changed": work.changed}
+
+
 def run_extract(cfg) -> dict:
-    """Run (or resume, extend, repair) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report."""
+    """Run (or resume, extend, repair) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report.
+
+    Raises StorageError (pipeline.errors) when the store's filesystem refuses a write, after
+    printing what the store holds and removing this run's temporaries.
+    """
     from core.datasets import load_dataset
     from pipeline.demo import ensure_demo
 
-    t0 = time.time()
+    state = RunState(t0=time.time(), requested=[])
     features = resolve_features(cfg.features)
-    requested = list(features["modalities"])
-    hashes = modality_hashes(cfg.features)
-    store_cfg = to_plain(cfg.store)
+    state.requested, state.preset = list(features["modalities"]), features.get("preset")
     ensure_demo(cfg.dataset)
     index = load_dataset(cfg.dataset)
     root = Path(cfg.out) / index.name
-    root.mkdir(parents=True, exist_ok=True)
-    with StoreLease(root, stale_s=float(store_cfg.get("lease_s", 120))) as lease:
-        registry = init_store(root, dataset=index.name, hashes=hashes, features=modality_views(cfg.features),
-                              overwrite=bool(store_cfg.get("overwrite", False)))
-        cleaned = remove_stale_temporaries(root)
-        restored = recover_replaced(root)
-        shards, _foreign, added = plan_shards(root, index, int(store_cfg["shard_size"]))
-        work = plan_work(root, shards, registry, requested, retry_failed=bool(store_cfg.get("retry_failed", False)),
-                         verify=bool(store_cfg.get("verify", False)))
-        n_todo = len(work.full) + sum(len(j) for j in work.add.values())
-        log.info("%s: %d videos in %d shards (%d new); %d valid, %d to write (%s); %d waiting for videos this "
-                 "dataset does not list (removed %d leftovers, restored %d shards)", index.name, len(index.videos),
-                 len(shards), len(added), work.done, n_todo, dict(work.reasons) or "nothing", len(work.waiting),
-                 cleaned, restored)
-        if work.changed:
-            log.warning("%d videos changed since they were extracted (e.g. %s): extracting them again",
-                        len(work.changed), ", ".join(work.changed[:3]))
-        if work.waiting:
-            log.warning("%d shards also hold videos this dataset does not list and are not complete (e.g. %s); "
-                        "a run over the dataset that lists them finishes them", len(work.waiting),
-                        work.waiting[0].relpath())
-        totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}, "hops": [], "t0": t0}
-        if work.full:
-            _run_pass(f"extract {index.name}", work.full, features, hashes, root=root, store_cfg=store_cfg,
-                      cfg=cfg, lease=lease, totals=totals)
-        for missing, jobs in work.add.items():
-            sub = resolve_features({**to_plain(cfg.features), "modalities": list(missing)})
-            _run_pass(f"add {','.join(missing)} to {index.name}", jobs, sub, {m: hashes[m] for m in missing},
-                      root=root, store_cfg=store_cfg, cfg=cfg, lease=lease, totals=totals)
-        markers = collect_markers(root, hashes=registry)
-        failures = write_failures(root, markers.values())
-        run = {"shards_written": n_todo, "shards_skipped": work.done, "shards_new": len(added),
-               "shards_waiting": len(work.waiting), "work": dict(work.reasons), "wall_seconds": time.time() - t0,
-               "videos_decoded": totals["decoded"],
-               "stage_seconds": {k: round(v, 3) for k, v in totals["stages"].items()}, "preset": features.get("preset"),
-               "plan": totals.get("plan"), "first_shard_seconds": totals.get("first_shard_s"),
-               "bytes_per_hop": hop_bytes(totals["hops"]),
-               "modalities_requested": requested, "sources_changed": work.changed}
-        report = build_report(dataset=index.name, root=root, config_hash=combined_hash(registry), shards=shards,
-                              markers=markers, failures=failures, run=run)
-        write_report(root, report)
+    store_cfg = to_plain(cfg.store)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with StoreLease(root, stale_s=float(store_cfg.get("lease_s", 120))) as lease:
+            try:
+                report, failures = _extract(cfg, index, root, lease, features, state)
+            except BaseException as exc:
+                err = storage_error(exc, root)
+                if err is None:
+                    raise
+                _stopped_by_storage(root, index.name, lease, state)
+                raise err from None
+    except OSError as exc:  # creating OUT or the lease file
+        err = storage_error(exc, root)
+        if err is None:
+            raise
+        print(f"== extract {index.name}: stopped before taking the store's lease; the store at {root} is unchanged",
+              flush=True)
+        raise err from None
     print(summary(report, failures), flush=True)
     return report
+
+
+def _extract(cfg, index, root: Path, lease: StoreLease, features: dict, state: RunState) -> tuple[dict, list]:
+    """The run, under the store's lease: plan, extract each pass, then failures and report."""
+    hashes = modality_hashes(cfg.features)
+    store_cfg = to_plain(cfg.store)
+    state.registry = init_store(root, dataset=index.name, hashes=hashes, features=modality_views(cfg.features),
+                                overwrite=bool(store_cfg.get("overwrite", False)))
+    cleaned = remove_stale_temporaries(root)
+    restored = recover_replaced(root)
+    state.shards, _foreign, state.added = plan_shards(root, index, int(store_cfg["shard_size"]), fence=lease.fenced)
+    work = state.work = plan_work(root, state.shards, state.registry, state.requested,
+                                  retry_failed=bool(store_cfg.get("retry_failed", False)),
+                                  verify=bool(store_cfg.get("verify", False)))
+    state.n_todo = len(work.full) + sum(len(j) for j in work.add.values())
+    log.info("%s: %d videos in %d shards (%d new); %d valid, %d to write (%s); %d waiting for videos this "
+             "dataset does not list (removed %d leftovers, restored %d shards)", index.name, len(index.videos),
+             len(state.shards), len(state.added), work.done, state.n_todo, dict(work.reasons) or "nothing",
+             len(work.waiting), cleaned, restored)
+    if work.changed:
+        log.warning("%d videos changed since they were extracted (e.g. %s): extracting them again",
+                    len(work.changed), ", ".join(work.changed[:3]))
+    if work.waiting:
+        log.warning("%d shards also hold videos this dataset does not list and are not complete (e.g. %s); "
+                    "a run over the dataset that lists them finishes them", len(work.waiting),
+                    work.waiting[0].relpath())
+    totals = state.totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}, "hops": [], "t0": state.t0}
+    if work.full:
+        _run_pass(f"extract {index.name}", work.full, features, hashes, root=root, store_cfg=store_cfg,
+                  cfg=cfg, lease=lease, totals=totals)
+    for missing, jobs in work.add.items():
+        sub = resolve_features({**to_plain(cfg.features), "modalities": list(missing)})
+        _run_pass(f"add {','.join(missing)} to {index.name}", jobs, sub, {m: hashes[m] for m in missing},
+                  root=root, store_cfg=store_cfg, cfg=cfg, lease=lease, totals=totals)
+    markers = collect_markers(root, hashes=state.registry)
+    with lease.fenced():  # a run that lost the store (stalled, then taken over) writes nothing more
+        failures = write_failures(root, markers.values())
+        report = build_report(dataset=index.name, root=root, config_hash=combined_hash(state.registry),
+                              shards=state.shards, markers=markers, failures=failures, run=state.run_record())
+        write_report(root, report)
+    return report, failures
+
+
+def _stopped_by_storage(root: Path, dataset: str, lease: StoreLease, state: RunState) -> None:
+    """After the storage refused a write: fence off this run's writers, remove the temporaries,
+    and say what the store holds (report.json too, when the storage still takes it)."""
+    try:
+        lease.new_generation()  # Ray actors of the failed pass still writing can no longer swap a shard in
+    except (OSError, StoreError) as exc:
+        log.warning("could not renew the lease generation after the storage error: %s", exc)
+    removed = remove_stale_temporaries(root)
+    log.info("removed %d temporaries of the interrupted run", removed)
+    if state.shards is None or state.registry is None:
+        print(f"== extract {dataset}: stopped before any shard was planned; the store at {root} is unchanged",
+              flush=True)
+        return
+    markers = collect_markers(root, hashes=state.registry)
+    report = build_report(dataset=dataset, root=root, config_hash=combined_hash(state.registry), shards=state.shards,
+                          markers=markers, failures=[], run={**state.run_record(), "stopped": "storage error"})
+    try:
+        with lease.fenced():
+            write_report(root, report)
+    except OSError:
+        report["run"]["report_json"] = "not written (the storage refused it)"
+    print(summary(report, []), flush=True)

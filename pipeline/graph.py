@@ -24,9 +24,12 @@ from __future__ import annotations
 import errno
 import json
 import pickle
+import shutil
 import time
 import traceback
+import uuid
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,9 @@ from core.modalities import MODALITIES
 from core.store import ShardSpec
 from pipeline.decode import DecodeConfig, DecodeError
 from pipeline.sandbox import Sandbox, SandboxError, resolve
-from pipeline.store import load_base, write_shard
+from pipeline.errors import WriteRefused, is_storage
+from pipeline.lease import check_lease, fenced
+from pipeline.store import load_base, shard_tmp, write_shard
 
 
 DEFAULT_DECODER = "pipeline.decode:decode_video"
@@ -331,18 +336,29 @@ class ShardWriterStage:
     ``hashes``: the config hash of each modality this pass computes; ``pass_keys`` /
     ``pass_stages``: the store keys and stages it computes. A shard that already exists (its
     payload names a ``base``) keeps what this pass does not compute (see pipeline.store.load_base).
+    ``token``: the store lease's generation this pass writes under (pipeline.lease): checked before
+    a shard is started and, under the lease's fence, before it is swapped into place, so the
+    writers of a run that lost the store (killed, or taken over) stop and change nothing.
     """
 
-    def __init__(self, root: str, hashes: dict, compression: str, raw_maps: bool, pass_keys=(), pass_stages=()):
+    def __init__(self, root: str, hashes: dict, compression: str, raw_maps: bool, pass_keys=(), pass_stages=(),
+                 token: str | None = None):
         self.root, self.hashes = Path(root), dict(hashes)
         self.compression, self.raw_maps = compression, raw_maps
         self.pass_keys, self.pass_stages = set(pass_keys), set(pass_stages)
+        self.token = token
+
+    def check_lease(self) -> None:
+        """Raise LeaseLostError when this pass's lease generation is no longer the store's."""
+        if self.token is not None:
+            check_lease(self.root, self.token)
 
     def __call__(self, batch: dict) -> dict:
         return {"marker": np.array([self.write(p) for p in _rows(batch)], dtype=object)}
 
     def write(self, payload: dict) -> str:
         """Write one shard's payload; returns its marker as JSON."""
+        self.check_lease()
         t0 = time.perf_counter()
         hashes = dict(self.hashes)
         if payload.get("base"):
@@ -358,9 +374,17 @@ class ShardWriterStage:
         timings = dict(payload["timings"])
         spec = ShardSpec(payload["shard_id"], payload["split"], tuple(v["video_id"] for v in payload["videos"]))
         nodes = {**payload.get("nodes", {}), "write": _node()}
-        marker = write_shard(self.root, spec, payload["videos"], hashes=hashes,
-                             compression=self.compression, store_raw_maps=self.raw_maps, timings=timings,
-                             nodes=nodes, hops=payload.get("hops"))
+        tmp_token = uuid.uuid4().hex[:8]
+        try:
+            marker = write_shard(self.root, spec, payload["videos"], hashes=hashes,
+                                 compression=self.compression, store_raw_maps=self.raw_maps, timings=timings,
+                                 nodes=nodes, hops=payload.get("hops"), fence=partial(fenced, self.root, self.token),
+                                 tmp_token=tmp_token)
+        except BaseException as exc:  # a full disk, a lost lease: no half-written temporary stays behind
+            shutil.rmtree(shard_tmp(self.root, spec, tmp_token), ignore_errors=True)
+            if is_storage(exc):
+                raise WriteRefused(str(exc), exc.errno, str(exc.filename or self.root / spec.relpath())) from exc
+            raise
         marker["timings"]["write"] = time.perf_counter() - t0
         marker["videos_decoded"] = payload.get("decoded", 0)
         return json.dumps(marker)
@@ -382,6 +406,7 @@ class FusedStage:
     def __call__(self, batch: dict) -> dict:
         markers = []
         for payload in _rows(batch):
+            self.writer.check_lease()  # a run that lost the store wastes no decoding on it
             for stage in (self.decode, *self.stages):
                 payload = stage.timed(payload)
             markers.append(self.writer.write(payload))
@@ -402,12 +427,13 @@ def _resources(cfg: dict | None) -> dict:
 
 
 def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: dict, decode_resources: dict,
-                  plan: str = "stages", fused: dict | None = None):
+                  plan: str = "stages", fused: dict | None = None, token: str | None = None):
     """The lazy Ray dataset for one pass (nothing runs until it is consumed).
 
     ``jobs``: (spec, entries, base shard dir or None, ids carried whole from the base);
     ``features``: the resolved config of the modalities this pass computes; ``hashes``: theirs;
-    ``plan``: "stages" (a pool per stage) or "fused" (``fused``: the resources of its actors).
+    ``plan``: "stages" (a pool per stage) or "fused" (``fused``: the resources of its actors);
+    ``token``: the store lease generation the writers check (None: unfenced).
     """
     import ray.data
 
@@ -420,7 +446,7 @@ def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: 
     pass_keys = [k for m in features["modalities"] for k in MODALITIES[m].store_keys]
     writer = {"root": str(root), "hashes": hashes, "compression": store_cfg.get("compression", "auto"),
               "raw_maps": raw_maps, "pass_keys": pass_keys,
-              "pass_stages": ["decode", "extract", *features["extractors"]]}
+              "pass_stages": ["decode", "extract", *features["extractors"]], "token": token}
     if plan == "fused":
         res = dict(fused or {})
         threads = max(1, int(float(res.get("num_cpus", 1))))

@@ -160,7 +160,8 @@ class H5Source:
 
     def read(self, vid: str) -> np.ndarray:
         where = self.rows[vid]
-        return self.file[self.array][where] if self.layout == "stacked" else self.file[where][()]
+        arr = self.file[self.array][where] if self.layout == "stacked" else self.file[where][()]
+        return finite(self.path, self.key, vid, arr)
 
     @property
     def attrs(self) -> dict:
@@ -173,7 +174,82 @@ def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
     return found
 
 
-def _stacked_layout(path: Path, f: h5py.File, ids_key: str, array: str | None):
+# --------------------------------------------------------------------------- import: what a file may hold
+# A feature file comes from elsewhere: HDF5 can make a 1 KB file read any local file (external
+# storage, virtual datasets, external links) or declare an array of any size. Only data stored in
+# the file itself is read, and only after its size is checked against the limits.
+
+IN_FILE_LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked", h5py.h5d.COMPACT: "compact"}
+FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+DEFAULT_MAX_VIDEO_MB = 256      # one video's array (the full-size rgb preset: ~6 MB)
+DEFAULT_MAX_VIDEOS = 10_000_000
+
+
+def check_links(path: Path, f: h5py.File) -> None:
+    """Hard and soft links only: an external link reads another file."""
+    def foreign(name: str) -> str | None:  # returning a value stops the walk (an exception must not cross it)
+        return None if isinstance(f.get(name, getlink=True), (h5py.HardLink, h5py.SoftLink)) else name
+
+    name = f.visit_links(foreign)
+    if name is not None:
+        link = f.get(name, getlink=True)
+        raise H5Error(f"{path}: {name!r} is a link to another file ({type(link).__name__} -> "
+                      f"{getattr(link, 'filename', '?')}); only data stored in the file itself is imported: copy "
+                      f"it in (e.g. h5copy) first")
+
+
+def check_plain(path: Path, name: str, data: h5py.Dataset) -> None:
+    """A dataset whose bytes are stored in this file (contiguous, chunked or compact)."""
+    plist = data.id.get_create_plist()
+    layout = plist.get_layout()
+    if data.is_virtual or layout == h5py.h5d.VIRTUAL:
+        raise H5Error(f"{path}: dataset {name!r} is a virtual dataset (its data comes from other files); only data "
+                      f"stored in the file itself is imported: materialise it (e.g. h5repack) first")
+    if plist.get_external_count():
+        raise H5Error(f"{path}: dataset {name!r} keeps its data in external files (HDF5 external storage, e.g. "
+                      f"{plist.get_external(0)[0].decode(errors='replace')!r}); only data stored in the file itself "
+                      f"is imported: repack it first")
+    if layout not in IN_FILE_LAYOUTS:
+        raise H5Error(f"{path}: dataset {name!r} has storage layout {layout}; only contiguous, chunked or compact "
+                      f"datasets are imported")
+
+
+def check_size(path: Path, name: str, shape: tuple, dtype: np.dtype, max_video_mb: float) -> None:
+    """One video's array must fit ``max_video_mb`` (checked from the declared shape, before reading)."""
+    nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if nbytes > max_video_mb * 2**20:
+        raise H5Error(f"{path}: {name!r} declares {nbytes / 2**20:.1f} MiB per video ({dtype} {list(shape)}), more "
+                      f"than import.max_video_mb={max_video_mb:g}; raise the limit if the file is trusted and that "
+                      f"is right")
+
+
+def finite(path: Path, key: str, vid: str, arr: np.ndarray) -> np.ndarray:
+    """Features are finite: a NaN or inf would train on nothing, silently. Refused, naming the video."""
+    if arr.dtype.kind == "f":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise H5Error(f"{path}: video {vid!r} has {bad} NaN/inf values in its {key} features; fix or drop that "
+                          f"video in the file and import again (nothing was written)")
+    return arr
+
+
+def _decode_ids(path: Path, ids_key: str, ids: h5py.Dataset, max_videos: int) -> list[str]:
+    """The ids of a stacked file as text, each valid UTF-8, no more than ``max_videos``."""
+    if ids.ndim != 1 or ids.dtype.kind not in "SOU" or (ids.dtype.kind == "O" and not h5py.check_string_dtype(ids.dtype)):
+        raise H5Error(f"{path}: {ids_key!r} must be a 1-D dataset of strings, got {ids.dtype} {list(ids.shape)}")
+    if ids.shape[0] > max_videos:
+        raise H5Error(f"{path}: {ids_key!r} declares {ids.shape[0]} ids, more than import.max_videos={max_videos}")
+    out = []
+    for row, r in enumerate(ids[()]):
+        try:
+            out.append(r.decode("utf-8") if isinstance(r, bytes) else str(r))
+        except UnicodeDecodeError:
+            raise H5Error(f"{path}: {ids_key!r} row {row} is not valid UTF-8 ({r[:40]!r}); write the ids as UTF-8 "
+                          f"text") from None
+    return out
+
+
+def _stacked_layout(path: Path, f: h5py.File, ids_key: str, array: str | None, max_videos: int = DEFAULT_MAX_VIDEOS):
     others = [n for n in _datasets(f) if n != ids_key]
     if array is None:
         if len(others) != 1:
@@ -182,10 +258,13 @@ def _stacked_layout(path: Path, f: h5py.File, ids_key: str, array: str | None):
         array = others[0]
     if array not in f:
         raise H5Error(f"{path}: no dataset {array!r} (import.array_key); it has {others[:5]}")
-    data, raw = f[array], f[ids_key][()]
-    if raw.ndim != 1 or len(raw) != data.shape[0]:
-        raise H5Error(f"{path}: {ids_key!r} has shape {raw.shape} but {array!r} has {data.shape[0]} rows")
-    ids = [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+    data, ids_set = f[array], f[ids_key]
+    if not isinstance(data, h5py.Dataset) or not data.shape:
+        raise H5Error(f"{path}: {array!r} is not an array of rows (one per id)")
+    check_plain(path, ids_key, ids_set)
+    if ids_set.ndim != 1 or ids_set.shape[0] != data.shape[0]:
+        raise H5Error(f"{path}: {ids_key!r} has shape {ids_set.shape} but {array!r} has {data.shape[0]} rows")
+    ids = _decode_ids(path, ids_key, ids_set, max_videos)
     return array, ids, list(range(len(ids))), tuple(data.shape[1:]), data.dtype
 
 
@@ -230,15 +309,18 @@ def check_array(key: str, shape: tuple, dtype: np.dtype, where: str) -> None:
     """The per-video shape and dtype the trainer expects for this store key."""
     row = owner(key)
     if key == row.store_keys[0]:
-        ok_dtype, ok_shape, want = dtype.kind == "f", len(shape) == RANK[row.kind], f"float, {RANK[row.kind]} dims"
+        ok_dtype, ok_shape = dtype in FLOATS, len(shape) == RANK[row.kind]
+        want = f"float16/32/64, {RANK[row.kind]} dims"
     else:  # the voxel coordinates beside a point modality's features
         ok_dtype, ok_shape, want = dtype == np.uint8, len(shape) == 2 and shape[1] == 3, "uint8 [points, 3]"
     if not (ok_dtype and ok_shape):
         raise H5Error(f"{where}: {key} arrays are {dtype} {list(shape)} per video, expected {want}")
 
 
-def open_source(path: str | Path, key: str | None, *, ids_key: str = IDS, array_key: str | None = None) -> H5Source:
-    """Open one .h5 file, detect its layout and validate it as store key `key` (None: its attrs)."""
+def open_source(path: str | Path, key: str | None, *, ids_key: str = IDS, array_key: str | None = None,
+                max_video_mb: float = DEFAULT_MAX_VIDEO_MB, max_videos: int = DEFAULT_MAX_VIDEOS) -> H5Source:
+    """Open one .h5 file, detect its layout and validate it as store key `key` (None: its attrs):
+    in-file data only, a float16/32/64 (or xyz uint8) array of a size within the limits."""
     path = Path(path)
     if not path.is_file():
         raise H5Error(f"no such file: {path} (import.path)")
@@ -252,11 +334,18 @@ def open_source(path: str | Path, key: str | None, *, ids_key: str = IDS, array_
             raise H5Error(f"{path}: no `modality` attr; say which store key it holds with import.modality=<name>")
         key = key.decode() if isinstance(key, bytes) else str(key)
         owner(key)
+        check_links(path, f)
         layout = _layout(f, ids_key)
-        array, raw, where, shape, dtype = (_stacked_layout(path, f, ids_key, array_key) if layout == "stacked"
-                                           else _per_video_layout(path, f))
+        array, raw, where, shape, dtype = (_stacked_layout(path, f, ids_key, array_key, max_videos)
+                                           if layout == "stacked" else _per_video_layout(path, f))
+        for name in [array] if array else where:
+            check_plain(path, name, f[name])
         check_array(key, shape, np.dtype(dtype), str(path))
+        check_size(path, array or key, shape, np.dtype(dtype), max_video_mb)
         rows, renamed = _safe_rows(path, raw, where)
+    except UnicodeDecodeError as exc:  # a dataset name (a per-video id) or an attr that is not UTF-8
+        f.close()
+        raise H5Error(f"{path}: a name or attribute is not valid UTF-8 ({exc}); write ids as UTF-8 text") from None
     except BaseException:
         f.close()
         raise
@@ -362,11 +451,15 @@ def write_store(tmp: Path, final: Path, sources: list[H5Source], *, dataset: str
 def import_h5(paths, *, root: str | Path, dataset: str, modalities=None, split: str = "train",
               shard_size: int = 8, config_hash: str | None = None, features: dict | None = None,
               overwrite: bool = False, compression: str = "auto", ids_key: str = IDS,
-              array_key: str | None = None) -> dict:
+              array_key: str | None = None, max_video_mb: float = DEFAULT_MAX_VIDEO_MB,
+              max_videos: int = DEFAULT_MAX_VIDEOS) -> dict:
     """Import .h5 files (one store key each, either layout) into a new store at `root`.
 
     `modalities` names each file's store key (None: each file's `modality` attr). The store is
-    built in a temporary folder beside `root` and renamed into place once complete.
+    built in a temporary folder beside `root` and renamed into place once complete. Only data
+    stored in the files themselves is read (no external storage, virtual datasets or external
+    links), finite float16/32/64 features of at most `max_video_mb` per video (checked before
+    reading), at most `max_videos` ids per stacked file.
     """
     root = Path(root)
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -379,7 +472,8 @@ def import_h5(paths, *, root: str | Path, dataset: str, modalities=None, split: 
     with ExitStack() as stack:
         sources = []
         for p, k in zip(paths, keys):
-            sources.append(open_source(p, k, ids_key=ids_key, array_key=array_key))
+            sources.append(open_source(p, k, ids_key=ids_key, array_key=array_key, max_video_mb=max_video_mb,
+                                       max_videos=max_videos))
             stack.callback(sources[-1].file.close)
         check_sources(sources)
         hashes, views, hash_from = resolve_hash(sources, config_hash, features)

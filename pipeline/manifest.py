@@ -10,12 +10,16 @@ are grouped per split in sorted id order, numbered after the split's last shard.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from core.schema import SPLITS, DatasetIndex, VideoEntry
 from core.store import MANIFEST, ShardSpec, read_marker
+
+log = logging.getLogger("crema.manifest")
 
 
 def _split_order(split: str) -> tuple:
@@ -33,10 +37,8 @@ def read_manifest(root: Path) -> list[ShardSpec]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            spec = ShardSpec(row["shard_id"], row["split"], tuple(row["video_ids"]))
-        except (ValueError, KeyError, TypeError):
+        spec = _record(line)
+        if spec is None:
             if n == len(lines):
                 continue  # a torn last line from a crash mid-append: that shard was never started
             raise ValueError(f"{path} line {n} is not a shard record; the manifest is damaged") from None
@@ -49,15 +51,51 @@ def read_manifest(root: Path) -> list[ShardSpec]:
     return list(specs.values())
 
 
-def append_manifest(root: Path, specs: list[ShardSpec]) -> None:
+def _record(line: str) -> ShardSpec | None:
+    """The shard record of one manifest line, or None. A line an older version glued onto a torn
+    record (``{"shard_id": "tr{"shard_id": ...}``) yields the complete record at its end."""
+    for start in dict.fromkeys((0, line.rfind('{"shard_id"'))):
+        if start < 0:
+            continue
+        try:
+            row = json.loads(line[start:])
+            return ShardSpec(row["shard_id"], row["split"], tuple(row["video_ids"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _drop_torn_tail(f) -> None:
+    """Cut an unterminated last line (a crash mid-append: that shard was never started) so the
+    next record starts on a line of its own instead of gluing onto it."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    f.seek(0)
+    keep = f.read().rfind(b"\n") + 1
+    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", f.name, size - keep)
+    f.truncate(keep)
+
+
+def append_manifest(root: Path, specs: list[ShardSpec], *, fence=None) -> None:
+    """Append ``specs`` to the manifest, fsynced; ``fence`` (the lease's ``fenced``) serialises
+    the append with the lease, so only the run holding the store appends."""
     if not specs:
         return
     lines = "".join(json.dumps({"shard_id": s.shard_id, "split": s.split, "video_ids": list(s.video_ids)}) + "\n"
                     for s in specs)
-    with open(Path(root) / MANIFEST, "a") as f:
-        f.write(lines)
-        f.flush()
-        os.fsync(f.fileno())
+    with fence() if fence is not None else nullcontext():
+        path = Path(root) / MANIFEST
+        path.touch(exist_ok=True)
+        with open(path, "r+b") as f:
+            _drop_torn_tail(f)
+            f.seek(0, os.SEEK_END)
+            f.write(lines.encode())
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def new_shards(videos: list[VideoEntry], shard_size: int, existing: list[ShardSpec]) -> list[ShardSpec]:
@@ -93,13 +131,13 @@ def build_manifest(index: DatasetIndex, shard_size: int) -> list[tuple[ShardSpec
     return [(spec, [by_id[v] for v in spec.video_ids]) for spec in new_shards(index.videos, shard_size, [])]
 
 
-def plan_shards(root: Path, index: DatasetIndex, shard_size: int) -> tuple[list[tuple[ShardSpec, list[VideoEntry]]],
+def plan_shards(root: Path, index: DatasetIndex, shard_size: int, *, fence=None) -> tuple[list[tuple[ShardSpec, list[VideoEntry]]],
                                                                           list[ShardSpec], list[ShardSpec]]:
     """This dataset's shards in the store at ``root``, planning (and recording) new ones.
 
     Returns (shards holding this dataset's videos with their entries; of those, the ones with
     videos this dataset does not list (they can be extracted only by a run that lists them all);
-    the newly planned shards). The caller holds the store's lease.
+    the newly planned shards). The caller holds the store's lease (``fence``: its ``fenced``).
     """
     check_unique(index)
     existing = read_manifest(root)
@@ -109,7 +147,7 @@ def plan_shards(root: Path, index: DatasetIndex, shard_size: int) -> tuple[list[
             owner.setdefault(vid, spec)
     unplanned = [v for v in index.videos if v.video_id not in owner]
     added = new_shards(unplanned, shard_size, existing)
-    append_manifest(root, added)
+    append_manifest(root, added, fence=fence)
     by_id = {v.video_id: v for v in index.videos}
     mine, foreign = [], []
     for spec in sorted(existing + added, key=lambda s: (_split_order(s.split), s.shard_id)):

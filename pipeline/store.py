@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable
 
@@ -26,8 +27,9 @@ from core.provenance import sources_changed, video_sources
 FRAME_KEYS = frozenset(k for row in MODALITIES.values() if row.kind == "frame" for k in row.store_keys)
 from core.features import combined_hash
 from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreError, StoreMismatchError,
-                        array_digest, read_marker, read_store_meta, read_verified, registry)
+                        array_digest, raw_dir, read_marker, read_store_meta, read_verified, registry)
 from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
+from pipeline.lease import FENCE
 
 
 def _fsync(path: Path) -> None:
@@ -81,7 +83,7 @@ def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: di
             )
         if clash:  # store.overwrite: everything goes but the lease this run holds
             for child in root.iterdir():
-                if child.name != LOCK:
+                if child.name not in (LOCK, FENCE):  # the lease and its fence stay with the run holding them
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         else:
             new = {m: h for m, h in hashes.items() if m not in have}
@@ -199,6 +201,8 @@ def write_shard(
     nodes: dict | None = None,
     hops: dict | None = None,
     checksums: bool = True,
+    fence=None,
+    tmp_token: str | None = None,
 ) -> dict:
     """Write one shard (the only writer of ``spec``) and return its marker.
 
@@ -209,14 +213,16 @@ def write_shard(
     (stage -> the Ray node it ran on) goes into the marker only, like ``timings``: the arrays and
     the group's attrs do not depend on where a shard ran; ``hops`` (stage -> array bytes it
     handed on) likewise. ``checksums``: a crc32c per chunk, checked on every read (off only
-    to measure what it costs: scripts/bench_store.py).
+    to measure what it costs: scripts/bench_store.py). ``fence`` (a context-manager factory, pipeline.lease.fenced): the swap
+    into place happens inside it, so a writer whose run lost the store's lease changes nothing;
+    ``tmp_token`` names the temporary (``shard_tmp``) so the caller can remove it after a failure.
     """
     root = Path(root)
     if [v["video_id"] for v in videos] != list(spec.video_ids):
         raise ValueError(f"shard {spec.shard_id}: payload videos do not match the manifest")
     final = root / spec.relpath()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}"
+    tmp = shard_tmp(root, spec, tmp_token or uuid.uuid4().hex[:8])
     ok = [v for v in videos if not v.get("failed")]
     failed = [{"video_id": v["video_id"], **v["failed"]} for v in videos if v.get("failed")]
     errors = [{"video_id": v["video_id"], **e} for v in ok for e in v.get("errors", [])]
@@ -240,7 +246,7 @@ def write_shard(
         if store_raw_maps:
             for v in ok:
                 for name, m in v.get("maps", {}).items():
-                    put(f"raw/{v['video_id']}/{name}", np.asarray(m, np.float16)[None])
+                    put(f"raw/{raw_dir(v['video_id'])}/{name}", np.asarray(m, np.float16)[None])
     per_video = {
         v["video_id"]: {
             "fps": float(v.get("fps", 0.0)), "num_frames": int(v.get("num_frames", 0)),
@@ -262,8 +268,18 @@ def write_shard(
     }
     _fsync_tree(tmp)  # the data is on disk before the marker that vouches for it
     write_json_atomic(tmp / MARKER, marker)
-    _swap_into_place(tmp, final)
+    try:
+        with fence() if fence is not None else nullcontext():
+            _swap_into_place(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a swap; a fenced-out writer leaves nothing
     return marker
+
+
+def shard_tmp(root: Path, spec: ShardSpec, token: str) -> Path:
+    """The temporary directory a writer fills before renaming it to ``spec``'s shard."""
+    final = Path(root) / spec.relpath()
+    return final.parent / f"{TMP_PREFIX}{final.name}.{token}"
 
 
 REPLACED = ".replaced-"

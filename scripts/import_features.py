@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
         out = import_h5(to_plain(im.path), root=cfg.store, dataset=cfg.dataset.name, modalities=to_plain(im.modality),
                         split=im.split, shard_size=im.shard_size, config_hash=im.config_hash, features=cfg.features,
                         overwrite=im.overwrite, compression=im.compression, ids_key=im.ids_key,
-                        array_key=im.array_key)
+                        array_key=im.array_key, max_video_mb=im.max_video_mb, max_videos=im.max_videos)
     except (H5Error, OSError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         sys.exit(2)

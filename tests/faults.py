@@ -35,7 +35,7 @@ def flaky_decode(path, cfg, start=None, end=None):
     the video; the error is transient, so the next run must redo the video by itself."""
     import errno
 
-    if Path(f"{path}.fail").exists():
+    if len(Path(path).name) < 250 and Path(f"{path}.fail").exists():  # a 255-byte name cannot have one
         raise OSError(errno.EIO, f"Input/output error (injected while {Path(path).name}.fail exists)")
     return decode_video(path, cfg, start, end)
 
@@ -58,3 +58,33 @@ def slow_decode(path, cfg, start=None, end=None):
     it is under way (tests/test_cluster_e2e.py kills a node mid-run). The output is unchanged."""
     time.sleep(SLOW_DECODE_S)
     return decode_video(path, cfg, start, end)
+
+
+def remote_holder(root, ready, skew_s, period_s=0.1):
+    """A live lease holder on another host whose clock is `skew_s` off this one's: renews the
+    lease file of the store at `root` every `period_s` until killed."""
+    from core.util import write_json_atomic
+
+    beat = 0
+    while True:
+        write_json_atomic(Path(root) / "LOCK.json", {"host": "node-remote", "pid": 1, "run": "remote", "token": "r",
+                                                     "beat": beat, "heartbeat": time.time() + skew_s})
+        Path(ready).touch()
+        beat += 1
+        time.sleep(period_s)
+
+
+def race_acquire(root, rounds, barrier, results):
+    """One of several processes taking the lease of store `root`/r<i> at the same instant, round
+    after round; puts (round, won) in `results`. A won lease is kept (its holder is alive)."""
+    from pipeline.lease import StoreBusyError, StoreLease
+
+    held = []
+    for i in range(rounds):
+        barrier.wait()
+        try:
+            held.append(StoreLease(Path(root) / f"r{i}", stale_s=600).acquire())
+            results.put((i, True))
+        except StoreBusyError:
+            results.put((i, False))
+    barrier.wait()  # every process still holds what it won until all rounds are counted

@@ -213,8 +213,8 @@ F16 = np.zeros((4, 5, 6), np.float16)
 
 
 @pytest.mark.parametrize("files, message", [
-    ([({"a": F16.astype(np.int32)}, "rgb")], r"rgb arrays are int32 \[4, 5, 6\] per video, expected float"),
-    ([({"a": F16[0]}, "rgb")], "expected float, 3 dims"),
+    ([({"a": F16.astype(np.int32)}, "rgb")], r"rgb arrays are int32 \[4, 5, 6\] per video, expected float16"),
+    ([({"a": F16[0]}, "rgb")], "expected float16/32/64, 3 dims"),
     ([({"a": np.zeros((7, 4), np.float16)}, "pointcloud_xyz")], r"expected uint8 \[points, 3\]"),
     ([({"a": F16}, "smell")], "'smell' is not a store key"),
     ([({"a": F16, "b": F16[:2]}, "rgb")], "videos have different shapes"),
@@ -271,3 +271,67 @@ def test_export_and_import_configs_compose():
     assert ex.export.layout in LAYOUTS and im["import"].split == "train" and list(im["import"].path) == ["a.h5", "b.h5"]
     for name in ("export", "import"):
         assert (CONF / f"{name}.yaml").read_text().startswith("# make " + name)
+
+
+# ---------------------------------------------------------------------- hostile files (issue 20 case 11)
+
+
+def hostile(tmp_path: Path, kind: str) -> Path:
+    """A small .h5 file of one kind an adversary (or a careless exporter) might hand over."""
+    path = tmp_path / f"{kind}.h5"
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(120, dtype=np.float16).tobytes())  # "any local file"
+    with h5py.File(path, "w") as f:
+        f.attrs["modality"] = "rgb"
+        if kind == "external_storage":  # the data of v1 lives in another file
+            f.create_dataset("v1", shape=(4, 5, 6), dtype=np.float16, external=[(str(secret), 0, 240)])
+        elif kind == "virtual":
+            with h5py.File(tmp_path / "other.h5", "w") as o:
+                o["data"] = F16
+            layout = h5py.VirtualLayout(shape=F16.shape, dtype=F16.dtype)
+            layout[...] = h5py.VirtualSource(tmp_path / "other.h5", "data", shape=F16.shape)
+            f.create_virtual_dataset("v1", layout)
+        elif kind == "external_link":
+            with h5py.File(tmp_path / "other.h5", "w") as o:
+                o["data"] = F16
+            f["v1"] = F16
+            f["v2"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/data")
+        elif kind == "nan":
+            f["v1"] = F16
+            f["v2"] = np.full_like(F16, np.nan)
+        elif kind == "huge":  # 1 video of 64 x 2^20 x 2^10 float16 = 128 GiB declared, nothing stored
+            f.create_dataset("v1", shape=(64, 2**20, 2**10), dtype=np.float16, chunks=(1, 64, 1024))
+        elif kind == "float128":
+            f["v1"] = F16.astype(np.longdouble)
+        elif kind == "bad_utf8":
+            f["ids"] = np.array([b"ok", b"\xff\xfebad"])
+            f["feat"] = np.zeros((2, 4, 5, 6), np.float16)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("external_storage", r"'v1' keeps its data in external files .*secret\.bin"),
+    ("virtual", "'v1' is a virtual dataset"),
+    ("external_link", r"'v2' is a link to another file .*other\.h5"),
+    ("nan", "video 'v2' has 120 NaN/inf values in its rgb features"),
+    ("huge", r"declares 131072\.0 MiB per video .*import\.max_video_mb=256"),
+    ("float128", r"rgb arrays are float128 \[4, 5, 6\] per video, expected float16/32/64"),
+    ("bad_utf8", r"'ids' row 1 is not valid UTF-8 \(b'\\xff\\xfebad'\)"),
+])
+def test_hostile_files_are_refused_before_anything_is_read_or_written(tmp_path, kind, message):
+    """Issue 20 case 11: external storage was imported (any local file's bytes into the store),
+    NaN/inf accepted, a 1.4 KB file declaring 130 GiB allocated, float128 and invalid UTF-8 ids
+    crashed with tracebacks."""
+    path = hostile(tmp_path, kind)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(H5Error, match=message):
+        import_h5(path, root=tmp_path / "s" / "x", dataset="x", config_hash="h")
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+def test_the_import_cli_refuses_a_hostile_file_in_one_line(tmp_path):
+    proc = run_script("scripts/import_features.py", f"out={tmp_path / 's'}", "dataset=demo",
+                      f"import.path={hostile(tmp_path, 'external_storage')}", "import.config_hash=h")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "external storage" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "s" / "demo").exists()

@@ -92,34 +92,132 @@ def test_the_heartbeat_renews_the_lease(tmp_path):
         assert json.loads((tmp_path / LOCK).read_text())["heartbeat"] > first
 
 
-def test_stale_leases_are_taken_over_and_live_ones_are_not(tmp_path):
-    lock = tmp_path / LOCK
-    lock.write_text(json.dumps({"host": "node7", "pid": 1, "run": "old", "heartbeat": time.time() - 600}))
-    with StoreLease(tmp_path, stale_s=120) as lease:  # a crashed node: no heartbeat for 10 min
-        assert json.loads(lock.read_text())["run"] == lease.me["run"]
-    lock.write_text(json.dumps({"host": "node7", "pid": 1, "run": "live", "heartbeat": time.time()}))
-    with pytest.raises(StoreBusyError, match="host node7"):
-        StoreLease(tmp_path, stale_s=120).acquire()
-
-
-def test_a_killed_writer_process_loses_its_lease_to_the_next_run(tmp_path):
-    ready = tmp_path / "ready"
+def spawn(code: str) -> subprocess.Popen:
+    """A real Python process running `code` with the project and tests/ importable."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    holder = subprocess.Popen([sys.executable, "-c", f"import faults; faults.hold_lease({str(tmp_path)!r}, "
-                               f"{str(ready)!r})"], env=env)
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_a_remote_holder_is_judged_by_this_runs_clock_not_by_its_own(tmp_path):
+    """Issue 20 case 3: a live holder whose clock is far behind was taken over; a dead one whose
+    clock was ahead blocked takeover ("heartbeat -599 s ago")."""
+    ready = tmp_path / "ready"
+    holder = spawn(f"import faults; faults.remote_holder({str(tmp_path)!r}, {str(ready)!r}, skew_s=-10_000)")
     try:
-        for _ in range(300):
-            if ready.exists():
-                break
-            time.sleep(0.1)
-        with pytest.raises(StoreBusyError, match=f"pid {holder.pid}"):
-            StoreLease(tmp_path).acquire()
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=30)
-        with StoreLease(tmp_path) as lease:  # same host, pid gone: taken over at once
-            assert json.loads((tmp_path / LOCK).read_text())["run"] == lease.me["run"]
+        wait_for(ready)
+        with pytest.raises(StoreBusyError, match="host node-remote.*heartbeat moved"):
+            StoreLease(tmp_path, stale_s=1).acquire()  # 10000 s "old" by its stamp, but alive
     finally:
         holder.kill()
+        holder.wait()
+    lock = tmp_path / LOCK
+    lock.write_text(json.dumps({"host": "node-remote", "pid": 1, "run": "dead", "beat": 7,
+                                "heartbeat": time.time() + 600}))  # a dead node whose clock ran ahead
+    t0 = time.monotonic()
+    with StoreLease(tmp_path, stale_s=1) as lease:
+        assert json.loads(lock.read_text())["run"] == lease.run
+    assert time.monotonic() - t0 >= 1  # watched for stale_s of this run's own clock first
+
+
+def test_a_killed_writer_still_a_zombie_loses_its_lease_at_once(tmp_path):
+    """Issue 20 case 3: after kill -9 the dead driver stays a zombie until reaped; os.kill(pid, 0)
+    calls it alive and an immediate re-run was refused. Here the holder is killed and not reaped."""
+    ready = tmp_path / "ready"
+    holder = spawn(f"import faults; faults.hold_lease({str(tmp_path)!r}, {str(ready)!r})")
+    try:
+        wait_for(ready)
+        with pytest.raises(StoreBusyError, match=f"pid {holder.pid}"):
+            StoreLease(tmp_path).acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while Path(f"/proc/{holder.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.02)
+        os.kill(holder.pid, 0)  # a zombie: the signal probe still says "alive"
+        with StoreLease(tmp_path) as lease:  # same host, pid a zombie: taken over at once
+            assert json.loads((tmp_path / LOCK).read_text())["run"] == lease.run
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_simultaneous_acquires_never_both_hold(tmp_path):
+    """Issue 20 case 3: two runs starting in the same instant both took the lease (4 of 300
+    pairs): one read the other's lease file before its content was written."""
+    import multiprocessing as mp
+
+    import faults
+
+    ctx, rounds, racers = mp.get_context("spawn"), 300, 2
+    barrier, results = ctx.Barrier(racers), ctx.Queue()
+    procs = [ctx.Process(target=faults.race_acquire, args=(str(tmp_path), rounds, barrier, results))
+             for _ in range(racers)]
+    for p in procs:
+        p.start()
+    won = [0] * rounds
+    for _ in range(rounds * racers):
+        i, ok = results.get(timeout=120)
+        won[i] += ok
+    for p in procs:
+        p.join(timeout=60)
+    assert [n for n in won if n != 1] == [], f"rounds with {sorted(set(won))} holders"
+
+
+def test_writers_of_a_run_that_lost_the_lease_change_nothing(tmp_path):
+    """Issue 20 case 3: losing the lease stopped only the driver; Ray writers of the old run went
+    on writing. The writer checks the lease generation, and swaps a shard in only under the fence."""
+    from pipeline.graph import ShardWriterStage
+    from pipeline.lease import LeaseLostError, fenced
+    from pipeline.manifest import append_manifest
+
+    init_store(tmp_path, dataset="s", hashes={"rgb": "hr"})
+    spec = ShardSpec("train-00000", "train", ("a",))
+    write_shard(tmp_path, spec, [payload_video("a", seed=1)], hashes={"rgb": "hr"})
+    before = {p: p.read_bytes() for p in sorted((tmp_path / spec.relpath()).rglob("*")) if p.is_file()}
+    old = StoreLease(tmp_path).acquire()
+    old_token = old.new_generation()
+    old._stop.set()
+    (tmp_path / LOCK).unlink()  # the old run is gone (as if killed) and a new run takes the store
+    with StoreLease(tmp_path) as new:
+        with pytest.raises(LeaseLostError, match=old_token):  # the swap is refused, the temporary removed
+            write_shard(tmp_path, spec, [payload_video("a", seed=2)], hashes={"rgb": "hr"},
+                        fence=lambda: fenced(tmp_path, old_token))
+        writer = ShardWriterStage(str(tmp_path), {"rgb": "hr"}, "auto", False, token=old_token)
+        payload = {"shard_id": spec.shard_id, "split": "train", "timings": {}, "videos": [payload_video("a", seed=3)]}
+        with pytest.raises(LeaseLostError):  # refused before it starts
+            writer.write(payload)
+        with pytest.raises(LeaseLostError):
+            append_manifest(tmp_path, [ShardSpec("train-00001", "train", ("z",))],
+                            fence=lambda: fenced(tmp_path, old_token))
+        assert not (tmp_path / MANIFEST).exists()
+        assert {p: p.read_bytes() for p in sorted((tmp_path / spec.relpath()).rglob("*")) if p.is_file()} == before
+        writer.token = new.token  # the holder's own writer goes ahead
+        writer.write(payload)
+    assert not list(tmp_path.glob("*/.tmp-*"))
+    np.testing.assert_array_equal(FeatureStore(tmp_path).get("a", "rgb"), payload["videos"][0]["features"]["rgb"])
+
+
+def test_an_append_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path):
+    """Issue 20 case 8: a torn last line was tolerated once, then the next append glued onto it
+    and every later run stopped with "the manifest is damaged"."""
+    plan_shards(tmp_path, demo_like(10), 4)
+    path = tmp_path / MANIFEST
+    path.write_text(path.read_text() + '{"shard_id": "train-0')  # a crash mid-append
+    plan_shards(tmp_path, demo_like(10, extra=["late"]), 4)  # the next run appends a shard
+    plan_shards(tmp_path, demo_like(10, extra=["late", "later"]), 4)  # and the one after
+    assert [s.video_ids for s in read_manifest(tmp_path)][-2:] == [("late",), ("later",)]
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+    # a manifest an older version glued together is read, not refused
+    record = path.read_text().splitlines()[-1]
+    path.write_text('{"shard_id": "train-0' + record + "\n")
+    assert [s.video_ids for s in read_manifest(tmp_path)] == [("later",)]
 
 
 # ---------------------------------------------------------------------- extending a shard in place
@@ -271,3 +369,26 @@ def test_a_changed_source_is_planned_again_and_a_copied_one_is_not(tmp_path):
     load_base(root / spec.relpath(), redo, pass_keys={"rgb"}, pass_stages={"decode", "encoder"})
     assert "audio" not in redo[0]["features"] and redo[0]["errors"][0]["modality"] == "audio"
     assert "audio" in redo[1]["features"]
+
+
+# ---------------------------------------------------------------------- the storage refusing a write
+
+
+def test_a_real_enospc_inside_rays_wrappers_becomes_one_message_naming_the_path(tmp_path):
+    """Issue 20 case 10, where no filesystem can be mounted: /dev/full raises a real ENOSPC."""
+    from pipeline.errors import StorageError, storage_error
+
+    try:
+        with open("/dev/full", "w") as f:
+            f.write("x")
+            f.flush()
+    except OSError as exc:
+        enospc = exc
+    wrapped = RuntimeError("a Ray task failed")  # as Ray Data re-raises a writer's error
+    wrapped.__cause__ = enospc
+    err = storage_error(wrapped, tmp_path)
+    assert isinstance(err, StorageError)
+    assert str(err).startswith(f"cannot write {tmp_path} (No space left on device, ")
+    assert "free space there or write to another OUT" in str(err) and "resume" in str(err)
+    assert storage_error(ValueError("not storage"), tmp_path) is None
+    assert storage_error(ConnectionResetError(104, "reset"), tmp_path) is None  # an OSError, but not the storage's

@@ -117,9 +117,13 @@ def test_batches_added_modalities_and_retries_never_lose_finished_work(tmp_path)
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
+    """Also issue 20 case 9: the video has a 255-character name (its id, with a hash suffix, is
+    longer than a file name may be) and the run after the takeover stores raw maps, which aborted
+    every run with `OSError: File name too long`."""
     folder, out = tmp_path / "v", tmp_path / "out"
     folder.mkdir()
-    write_video(folder / "a.mp4")
+    name = ("a long name " * 30)[:251] + ".mp4"
+    write_video(folder / name)
     (out / "videos").mkdir(parents=True)
     ready = tmp_path / "ready"
     holder = subprocess.Popen([sys.executable, "-c", f"import faults; faults.hold_lease("
@@ -133,10 +137,13 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
         assert proc.returncode != 0
         assert "being written by another run" in proc.stderr and f"pid {holder.pid}" in proc.stderr
         assert not list((out / "videos").glob("*/*.zarr"))  # refused before touching the store
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=30)
-        extract(folder, out, "features.modalities=[rgb]")  # the dead holder's lease is taken over
-        assert FeatureStore(out / "videos").video_ids == ["a.mp4"] and not (out / "videos" / LOCK).exists()
+        holder.send_signal(signal.SIGKILL)  # not reaped: a zombie while the next run starts
+        # the dead holder's lease is taken over at once; raw maps of the long name are stored
+        extract(folder, out, "features.modalities=[depth]", "store.raw_maps=true")
+        fs = FeatureStore(out / "videos")
+        (vid,) = fs.video_ids
+        assert vid.startswith("a_long_name") and fs.raw_map(vid, "depth").ndim == 3
+        assert not (out / "videos" / LOCK).exists()
     finally:
         holder.kill()
 
@@ -192,3 +199,41 @@ def test_colliding_names_changed_sources_repairs_and_decode_settings(tmp_path):
     assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert "normal: store decode {max_side: 256}" in proc.stderr and "this run decode {max_side: 32}" in proc.stderr
     assert (root / "store.json").read_text() == meta
+
+
+        holder.wait(timeout=30)
+
+
+def test_a_run_that_loses_its_lease_stops_its_writers(tmp_path):
+    """Issue 20 case 3: losing the lease stopped nothing (only the driver looked, once per shard,
+    while the Ray writers went on). Here another run takes the store over mid-run (as a run on
+    another host does after a takeover): no shard is swapped in after that, the run stops with an
+    `error:` line and leaves the new holder's lease alone."""
+    from core.util import write_json_atomic
+    from pipeline.lease import store_fence
+
+    folder, out = tmp_path / "v", tmp_path / "out"
+    folder.mkdir()
+    for i in range(4):
+        write_video(folder / f"v{i}.mp4", step=2 + i)
+    root = out / "videos"
+    cmd = [sys.executable, str(ROOT / "scripts/extract.py"), "dataset=videos", f"dataset.path={folder}", f"out={out}",
+           "ray.num_cpus=2", "features.decode.num_frames_stored=4", "store.shard_size=1",
+           "features.modalities=[rgb]", "+features.decode.decoder=faults:slow_decode"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        deadline = time.time() + 300
+        while not list(root.glob("*/*.zarr/_SUCCESS.json")):
+            assert time.time() < deadline and proc.poll() is None, "no shard was written"
+            time.sleep(0.05)
+        thief = {"host": "node-remote", "pid": 1, "run": "thief", "token": "t", "beat": 0, "heartbeat": time.time()}
+        with store_fence(root):  # no shard can be swapped in while the lease changes hands
+            write_json_atomic(root / LOCK, thief)
+            done = sorted(p.parent.name for p in root.glob("*/*.zarr/_SUCCESS.json"))
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert len(done) < 4 and sorted(p.parent.name for p in root.glob("*/*.zarr/_SUCCESS.json")) == done
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "held by run thief" in errors[0], stderr[-3000:]
+    assert json.loads((root / LOCK).read_text())["run"] == "thief" and not list(root.glob("*/.tmp-*"))
