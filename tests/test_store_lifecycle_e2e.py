@@ -146,6 +146,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
         assert not (out / "videos" / LOCK).exists()
     finally:
         holder.kill()
+        holder.wait(timeout=30)
 
 
 def test_colliding_names_changed_sources_repairs_and_decode_settings(tmp_path):
@@ -199,9 +200,6 @@ def test_colliding_names_changed_sources_repairs_and_decode_settings(tmp_path):
     assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert "normal: store decode {max_side: 256}" in proc.stderr and "this run decode {max_side: 32}" in proc.stderr
     assert (root / "store.json").read_text() == meta
-
-
-        holder.wait(timeout=30)
 
 
 def test_a_run_that_loses_its_lease_stops_its_writers(tmp_path):
