@@ -163,19 +163,25 @@ class AudioExtractor:
         return hidden.to(torch.float16).cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
-        min_samples = int(self.cfg.sample_rate) * 25 // 1000  # one fbank window
-        for video in batch["videos"]:
-            if video.get("failed"):
-                continue
-            audio = video.get("audio")
-            if audio is None or len(audio) < min_samples:
-                reason = "no audio stream" if audio is None else f"audio track too short ({len(audio)} samples)"
-                video.setdefault("errors", []).append({"stage": self.cfg.name, "reason": reason})
-                continue
-            sr = video.get("audio_sr", self.cfg.sample_rate)
-            if int(sr) != int(self.cfg.sample_rate):
-                raise ValueError(f"video {video['video_id']}: audio at {sr} Hz, the audio stage needs "
-                                 f"{self.cfg.sample_rate} Hz (set the decoder's audio_sr)")
-            video.setdefault("features", {})["audio"] = self.encode(np.asarray(audio, np.float32))
-            video.setdefault("model_meta", {})[self.cfg.name] = dict(self.meta)
-        return batch
+        return add_audio_features(batch, self.cfg, self.encode, self.meta)
+
+
+def add_audio_features(batch: dict, cfg, encode, meta: dict) -> dict:
+    """features.audio = encode(samples) for every decoded video of a batch (any audio encoder);
+    a video without a usable track gets an error entry for this stage instead."""
+    min_samples = int(cfg.sample_rate) * 25 // 1000  # one fbank window
+    for video in batch["videos"]:
+        if video.get("failed"):
+            continue
+        audio = video.get("audio")
+        if audio is None or len(audio) < min_samples:
+            reason = "no audio stream" if audio is None else f"audio track too short ({len(audio)} samples)"
+            video.setdefault("errors", []).append({"stage": cfg.name, "reason": reason})
+            continue
+        sr = video.get("audio_sr", cfg.sample_rate)
+        if int(sr) != int(cfg.sample_rate):
+            raise ValueError(f"video {video['video_id']}: audio at {sr} Hz, the audio stage needs "
+                             f"{cfg.sample_rate} Hz (set the decoder's audio_sr)")
+        video.setdefault("features", {})["audio"] = encode(np.asarray(audio, np.float32))
+        video.setdefault("model_meta", {})[cfg.name] = dict(meta)
+    return batch
