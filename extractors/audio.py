@@ -6,8 +6,8 @@ Front end (CREMA's): 16 kHz mono, 128-bin Kaldi-style log-mel fbank, 25 ms windo
 samples across windows and is zero-padded (in the fbank domain) to the window length.
 
 Encoder: transformers' ASTModel with its own ASTFeatureExtractor (fbank + AudioSet
-normalisation). CREMA used BEATs (iter3+ AS2M), which transformers does not ship; AST is the
-documented stand-in (docs/models.md). The differences that matter:
+normalisation): the `audio` preset. CREMA's BEATs (iter3+ AS2M, not in transformers) is
+extractors/beats.py, the full preset's choice; `add_audio_features` serves both. AST differs:
 - normalisation: AST's (x + 4.27) / (2 * 4.57) instead of BEATs' (x - 15.42) / (2 * 6.56);
   each encoder gets the statistics it was trained with.
 - tokens: AST's overlapping 16x16 patches (stride 10) give 2 + 12 x 50 = 602 tokens x 768 per
