@@ -100,7 +100,7 @@ def _print_import(src: Path, directory: Path, conv, modalities: list[str]) -> No
     for reason, count in sorted(conv.summary()["ignored"].items(), key=lambda kv: -kv[1]):
         example = next(k for k, r in conv.ignored.items() if r == reason)
         print(f"  {count:5d} x {reason} (e.g. {example})")
-    print(f"checkpoint: {directory}\n  evaluate: make eval DATASET=<dataset> ARGS=\"ckpt={directory.parent}\"\n"
+    print(f"checkpoint: {directory}\n  evaluate: make eval DATASET=<dataset> CKPT={directory.parent}\n"
           f"  train from it: make train DATASET=<dataset> ARGS=\"model.init={directory.parent}\"")
 
 
