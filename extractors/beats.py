@@ -24,7 +24,6 @@ Adds features.audio float16 [chunks, 256, 768].
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import warnings
 from dataclasses import dataclass, fields
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.hub import ModelUnavailableError
+from core.util import file_sha256
 from extractors import hub
 from extractors.audio import add_audio_features, chunk_windows
 
@@ -255,14 +255,6 @@ def missing_weights(path: Path, cfg) -> ModelUnavailableError:
         f"    features.extractors.audio.resources.local_path=models/beats/{name}",
         "or choose the AST audio encoder instead: extractor@features.extractors.audio=audio",
     ]))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_beats(path: Path) -> tuple[Beats, dict]:

@@ -36,7 +36,7 @@ RULES = (
     ("query_tokens_{ref}", "mmqa.heads.{mod}.query_tokens"),
     ("t5_proj_{ref}.{part}", "mmqa.heads.{mod}.proj.{part}"),
     ("ln_{ref}.{part}", "mmqa.heads.{mod}.ln.{part}"),
-    ("projection_audio.{part}", "mmqa.heads.audio.input_proj.{part}"),
+    ("projection_{ref}.{part}", "mmqa.heads.{mod}.input_proj.{part}"),   # audio only
     ("fusion.0.{part}", "fusion.linear.{part}"),
 )
 
@@ -83,7 +83,7 @@ def project_key(ref_key: str) -> tuple[str, str | None] | None:
         match = ref_re.match(ref_key)
         if match:
             fields_ = match.groupdict()
-            ref = fields_.pop("ref", "audio" if ref_key.startswith("projection_audio") else None)
+            ref = fields_.pop("ref", None)
             if ref is not None and ref not in MODALITY_NAMES:
                 return None
             mod = MODALITY_NAMES.get(ref) if ref else None
@@ -215,12 +215,16 @@ def to_reference(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def architecture(state: dict[str, torch.Tensor], modalities: list[str]) -> dict:
     """The model.* sizes a reference state dict implies (they override the preset's)."""
-    ref = [REFERENCE_NAMES[m] for m in modalities]
-    first = state[f"query_tokens_{ref[0]}"]
-    a = state[f"Qformer.bert.encoder.layer.0.attention.self.query.w_a_{ref[0]}.weight"]
-    ln = next((state[f"ln_{r}.weight"] for r in ref if r not in ("audio", "pc") and f"ln_{r}.weight" in state),
-              state.get("projection_audio.weight", state.get(f"ln_{ref[0]}.weight")))
-    out = {"num_query_tokens": int(first.shape[1]), "lora_rank": int(a.shape[0]), "vision_width": int(ln.shape[0]),
+    first = REFERENCE_NAMES[modalities[0]]
+
+    def size(key: str, dim: int) -> int:
+        if key not in state:
+            raise ConversionError(f"the file has no {key}: not a CREMA checkpoint of modality {first}")
+        return int(state[key].shape[dim])
+
+    # every ln_<m> normalises Q-Former inputs (audio's after its projection): the ViT width
+    out = {"num_query_tokens": size(f"query_tokens_{first}", 1), "vision_width": size(f"ln_{first}.weight", 0),
+           "lora_rank": size(f"Qformer.bert.encoder.layer.0.attention.self.query.w_a_{first}.weight", 0),
            "fusion": "espresso" if "fusion.0.weight" in state else "concat"}
     if "projection_audio.weight" in state:
         out["audio_width"] = int(state["projection_audio.weight"].shape[1])

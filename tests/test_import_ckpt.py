@@ -24,7 +24,7 @@ from model.reference_ckpt import ConversionError, modality_order, project_key, r
 from trainer import checkpoint
 from trainer.evaluate import load_for_eval, run_eval
 from trainer.recipe import Trainer
-from trainer.released import export_reference, model_config
+from trainer.released import export_reference, import_reference, model_config
 from test_train_recipe import AUD, MODS, VIT, compose_train, write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,13 +173,19 @@ def test_the_cli_converts_loads_strictly_and_keeps_every_tensor(released):
 def test_converting_back_gives_the_same_tensors_bit_for_bit(released):
     back = export_reference(compose_import(f"src={released['ckpt']}", f"dest={released['tmp'] / 'back.pth'}"))
     again = torch.load(back, weights_only=True)["model"]
-    mapped = {k: v for k, v in released["state"].items() if project_key(k) is not None}
-    assert set(again) == set(mapped)
-    for key, value in mapped.items():
+    assert list(again) == list(released["state"])  # the whole state dict, in its order (keep_ignored=true)
+    for key, value in released["state"].items():
         assert again[key].dtype == value.dtype and torch.equal(again[key], value), key
-    # and the converted checkpoint's own file holds exactly the source's bytes per tensor
+    # the checkpoint's own file holds exactly the source's tensors
     saved = load_file(str(checkpoint.resolve(released["ckpt"], "best") / "model.safetensors"))
-    assert all(torch.equal(saved[project_key(k)[0]], v) for k, v in mapped.items())
+    mapped = {k: v for k, v in released["state"].items() if project_key(k) is not None}
+    assert len(saved) == len(mapped) and all(torch.equal(saved[project_key(k)[0]], v) for k, v in mapped.items())
+    # keep_ignored=false: only what the model uses comes back (still the same tensors)
+    lean = import_reference(compose_import(f"src={released['src']}", "features=tiny", "keep_ignored=false",
+                                           f"dest={released['tmp'] / 'lean'}"))
+    again = torch.load(export_reference(compose_import(f"src={lean}", f"dest={released['tmp'] / 'lean.pth'}")),
+                       weights_only=True)["model"]
+    assert set(again) == set(mapped) and all(torch.equal(again[k], v) for k, v in mapped.items())
 
 
 def test_a_converted_checkpoint_evaluates_on_this_projects_features(released, tmp_path):

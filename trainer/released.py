@@ -15,15 +15,17 @@ load_checkpoint reads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from core.util import to_plain
+from core.util import TMP_PREFIX, file_sha256, to_plain
 from model.config import CremaConfig
 from model.crema import crema
 from model.reference_ckpt import (REFERENCE_NAMES, ConversionError, architecture, modality_order, to_project,
@@ -32,6 +34,7 @@ from trainer import checkpoint
 from trainer.config import TrainerConfig
 
 log = logging.getLogger(__name__)
+EXTRA = "reference_extra.safetensors"  # beside best-000000/: what the import left, for the export
 
 
 class _Weights:
@@ -65,14 +68,6 @@ def model_config(cfg: DictConfig, state: dict, modalities: list[str]) -> CremaCo
     return CremaConfig(**fields)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_reference(cfg: DictConfig) -> Path:
     """Convert `cfg.src` (a reference .pth) into a checkpoint under `cfg.out`; returns its directory."""
     src = Path(cfg.src)
@@ -84,14 +79,28 @@ def import_reference(cfg: DictConfig) -> Path:
     conv = to_project(state, modalities, shapes)
     conv.ignored.update(entries)
     prompt = TrainerConfig.from_cfg(cfg.trainer).prompt
-    source = {"file": str(src), "sha256": sha256(src), "modalities": "_".join(REFERENCE_NAMES[m] for m in modalities),
+    source = {"file": str(src), "sha256": file_sha256(src), "modalities": "_".join(REFERENCE_NAMES[m] for m in modalities),
               **conv.summary(), "ignored_keys": conv.ignored}
     state_json = {"model_config": dataclasses.asdict(config), "prompt": dataclasses.asdict(prompt),
                   "imported_from": source}
     out = Path(cfg.dest or f"outputs/imported/{src.stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.keep_ignored:
+        _write_extra(out, state, conv, source["sha256"])
+    else:
+        (out / EXTRA).unlink(missing_ok=True)
     directory = checkpoint.save(out, "best", 0, model=_Weights(conv.tensors), state=state_json)
     _print_import(src, directory, conv, modalities)
     return directory
+
+
+def _write_extra(out: Path, state: dict, conv, digest: str) -> None:
+    """The ignored tensors, untouched, beside the checkpoint (not in it: the model never reads
+    them), with the source's key order, so that an export restores the whole state dict."""
+    extra = {k: state[k].contiguous().clone() for k in conv.ignored if isinstance(state.get(k), torch.Tensor)}
+    tmp = out / f"{TMP_PREFIX}{EXTRA}"
+    save_file(extra, str(tmp), metadata={"order": json.dumps(list(state)), "source_sha256": digest})
+    os.replace(tmp, out / EXTRA)
 
 
 def _print_import(src: Path, directory: Path, conv, modalities: list[str]) -> None:
@@ -108,12 +117,28 @@ def export_reference(cfg: DictConfig) -> Path:
     """Write the checkpoint at `cfg.src` as a reference .pth ({"model": state dict}); returns its path."""
     directory = checkpoint.resolve(cfg.src, "best")
     tensors = load_file(str(directory / "model.safetensors"))
-    ref = to_reference(tensors)
+    ref = _with_extra(to_reference(tensors), directory)
     out = Path(cfg.dest or f"{directory.parent}.pth")
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": ref}, out)
     print(f"{directory}: {len(ref)} tensors -> {out} (the reference's names; load with its load_checkpoint)")
     return out
+
+
+def _with_extra(ref: dict, directory: Path) -> dict:
+    """`ref` plus the tensors the import left (when it kept them), in the source's key order."""
+    path = directory.parent / EXTRA
+    if not path.is_file():
+        return ref
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    source = checkpoint.read_state(directory).get("imported_from", {})
+    if meta.get("source_sha256") != source.get("sha256"):
+        raise ConversionError(f"{path} belongs to another import than {directory} (source sha256 "
+                              f"{meta.get('source_sha256')} vs {source.get('sha256')}): import again")
+    merged = {**load_file(str(path)), **ref}
+    order = [k for k in json.loads(meta["order"]) if k in merged]
+    return {k: merged[k] for k in order + [k for k in merged if k not in set(order)]}
 
 
 def run(cfg: DictConfig) -> Path:
