@@ -61,7 +61,7 @@ IGNORED_ENTRIES = {"optimizer": "the reference's optimizer state: a run started 
                                 "starts its own schedule (as the reference's runs from crema_initial.pth do)",
                    "scaler": "the reference's AMP loss scaler", "epoch": "the reference's epoch counter",
                    "config": "read for the modality order, not converted"}
-CANONICAL_ORDER = ("rgb", "depth", "flow", "norm", "audio", "pc")
+CANONICAL_ORDER = tuple(MODALITY_NAMES)  # rgb, depth, flow, norm, audio, pc: the blocks of crema.py
 
 
 class ConversionError(ValueError):
