@@ -60,6 +60,7 @@ UNUSED = (
 IGNORED_ENTRIES = {"optimizer": "the reference's optimizer state: a run started from a converted checkpoint "
                                 "starts its own schedule (as the reference's runs from crema_initial.pth do)",
                    "scaler": "the reference's AMP loss scaler", "epoch": "the reference's epoch counter",
+                   "iters": "the reference's iteration counter (its iteration-based runner)",
                    "config": "read for the modality order, not converted"}
 CANONICAL_ORDER = tuple(MODALITY_NAMES)  # rgb, depth, flow, norm, audio, pc: the blocks of crema.py
 
