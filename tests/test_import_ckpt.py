@@ -25,6 +25,7 @@ from trainer import checkpoint
 from trainer.evaluate import load_for_eval, run_eval
 from trainer.recipe import Trainer
 from trainer.released import export_reference, import_reference, model_config
+from trainer.warm_start import warm_start
 from test_train_recipe import AUD, MODS, VIT, compose_train, write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,8 +153,8 @@ def released(tmp_path_factory):
     torch.save({"model": state, "config": {"model": {"modalities": "_".join(REF_ORDER)}}, "epoch": 19,
                 "optimizer": {"state": {}, "param_groups": []}, "scaler": None}, src)
     proc = subprocess.run([sys.executable, "scripts/import_ckpt.py", f"src={src}", "dataset=nextqa", "features=tiny",
-                           f"dest={tmp / 'imported'}"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+                           f"dest={tmp / 'imported'}", f"hydra.run.dir={tmp / 'hydra'}"], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"tmp": tmp, "src": src, "state": state, "out": proc.stdout, "ckpt": tmp / "imported"}
 
@@ -213,10 +214,12 @@ def test_model_init_starts_training_from_the_converted_weights(released, tmp_pat
             assert torch.equal(value, released["state"][reference_key(key)]), key
     # the file fuses [audio, flow], this run [flow, audio]: the fusion's columns differ, it starts fresh
     assert not torch.equal(own["fusion.linear.weight"], released["state"]["fusion.0.weight"])
+    with pytest.raises(checkpoint.CheckpointError, match="convert.*make import-ckpt SRC="):
+        warm_start(trainer.model, released["src"])  # the reference's .pth itself
 
 
 def test_cli_user_errors_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "scripts/import_ckpt.py", f"src={tmp_path / 'nope.pth'}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "scripts/import_ckpt.py", f"src={tmp_path / 'nope.pth'}",
+                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: no file at {tmp_path / 'nope.pth'}" in proc.stderr

@@ -28,6 +28,10 @@ def owners(model) -> dict[str, list[str]]:
 
 def warm_start(model, path: str | Path) -> dict[str, list[str]]:
     """Copy the checkpoint's weights into `model` owner by owner; returns {"loaded": [...], "fresh": [...]}."""
+    if Path(path).is_file():
+        raise checkpoint.CheckpointError(f"model.init={path} is a file; it takes a checkpoint of this project. A CREMA "
+                                         f".pth converts first: make import-ckpt SRC={path} DATASET=<name>, then "
+                                         f"model.init=outputs/imported/{Path(path).stem}")
     directory = checkpoint.resolve(path, "best")
     saved = load_file(str(Path(directory) / "model.safetensors"))
     saved_config = checkpoint.read_state(directory).get("model_config", {})
