@@ -18,7 +18,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from model.config import CremaConfig
 from model.crema import crema
 from model.reference_ckpt import ConversionError, modality_order, project_key, reference_key, to_project
 from trainer import checkpoint

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from model.reference_ckpt import (REFERENCE_NAMES, ConversionError, architecture
 from trainer import checkpoint
 from trainer.config import TrainerConfig
 
-log = logging.getLogger(__name__)
 EXTRA = "reference_extra.safetensors"  # beside best-000000/: what the import left, for the export
 
 
