@@ -176,7 +176,7 @@ def to_project(state: dict[str, torch.Tensor], modalities: list[str], shapes: di
     `shapes` (project key -> shape). Every trainable parameter must be found (strict), every
     reference key mapped or ignored with its reason."""
     out = Conversion(modalities=list(modalities))
-    unknown, reshaped = [], []
+    unknown, misfit, reshaped = [], [], []
     for key, tensor in state.items():
         target = project_key(key)
         if target is None:
@@ -196,12 +196,13 @@ def to_project(state: dict[str, torch.Tensor], modalities: list[str], shapes: di
         elif (reason := ignore_reason(key, UNUSED)) is not None:
             out.ignored[key] = reason
         else:  # e.g. LoRA of a layer the preset's Q-Former does not have: never silently dropped
-            unknown.append(key)
+            misfit.append(key)
     if unknown:
         raise ConversionError(f"{len(unknown)} keys match no rule of model/reference_ckpt.py, e.g. {unknown[:5]}")
-    if reshaped:
-        raise ConversionError(f"{len(reshaped)} tensors do not fit the model preset, e.g. {reshaped[:3]}: "
-                              f"choose the preset the checkpoint was trained with (model=..., model.* keys)")
+    if misfit or reshaped:
+        raise ConversionError(f"{len(misfit) + len(reshaped)} tensors do not fit the model preset, e.g. "
+                              f"{(misfit + reshaped)[:3]}: choose the preset the file was trained with "
+                              f"(DATASET=<name> selects features=full, i.e. crema_full; or model=..., model.* keys)")
     missing = sorted(set(shapes) - set(out.tensors))
     if missing:
         raise ConversionError(f"the file lacks {len(missing)} parameters of the model, e.g. "

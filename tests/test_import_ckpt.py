@@ -133,7 +133,7 @@ def test_an_unknown_key_or_a_missing_parameter_is_refused_by_name():
         to_project(lost, ["rgb"], shapes)
     # LoRA of a layer the preset's Q-Former lacks is refused, never dropped as "frozen Q-Former"
     one_layer = {k: v for k, v in shapes.items() if ".layer.1." not in k}
-    with pytest.raises(ConversionError, match="match no rule.*layer.1"):
+    with pytest.raises(ConversionError, match="do not fit the model preset.*layer.1.*DATASET=<name>"):
         to_project(state, ["rgb"], one_layer)
 
 
