@@ -6,6 +6,8 @@ FEATURES ?= $(if $(filter demo,$(DATASET)),tiny,full)
 DATA     ?=
 ARGS     ?=
 FORMAT   ?= h5
+SRC      ?=
+CKPT     ?=
 RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
 CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
@@ -20,7 +22,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup data extract train eval import-ckpt params export import verify test test-fast bench preview submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -40,8 +42,12 @@ extract: $(STAMP)  ## extract features: make extract DATASET=nextqa [DATA=...] [
 train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo ARGS="trainer.epochs=3"
 	$(PY) scripts/train.py $(HYDRA_COMMON) $(ARGS)
 
-eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo ARGS="ckpt=<path>"
-	$(PY) scripts/eval.py $(HYDRA_COMMON) $(ARGS)
+eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo [CKPT=<checkpoint or folder of them>] [ARGS=...]
+	$(PY) scripts/eval.py $(HYDRA_COMMON) $(if $(CKPT),ckpt=$(CKPT)) $(ARGS)
+
+import-ckpt: $(STAMP)  ## CREMA's released .pth -> a checkpoint (a checkpoint -> .pth): make import-ckpt SRC=nextqa_vdfn.pth DATASET=nextqa
+	@test -n "$(SRC)" || { echo "error: give SRC=<reference .pth> (or a checkpoint folder to export); see docs/training.md" >&2; exit 2; }
+	$(PY) scripts/import_ckpt.py src=$(SRC) $(HYDRA_DATASET) features=$(FEATURES) $(ARGS)
 
 params: $(STAMP)  ## trainable parameters per module: make params ARGS="model=crema_full"
 	$(PY) scripts/params.py $(ARGS)

@@ -3,6 +3,7 @@ finding a typed error inside the wrappers Ray puts around it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -41,6 +42,15 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int = 1, sort_keys:
                       newline: bool = False) -> Path:
     """`obj` as JSON through `write_text_atomic`."""
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + ("\n" if newline else ""))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 16 MiB blocks (a model file's identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def pick_device(name: str | None = "auto"):

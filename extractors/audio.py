@@ -6,8 +6,8 @@ Front end (CREMA's): 16 kHz mono, 128-bin Kaldi-style log-mel fbank, 25 ms windo
 samples across windows and is zero-padded (in the fbank domain) to the window length.
 
 Encoder: transformers' ASTModel with its own ASTFeatureExtractor (fbank + AudioSet
-normalisation). CREMA used BEATs (iter3+ AS2M), which transformers does not ship; AST is the
-documented stand-in (docs/models.md). The differences that matter:
+normalisation): the `audio` preset. CREMA's BEATs (iter3+ AS2M, not in transformers) is
+extractors/beats.py, the full preset's choice; `add_audio_features` serves both. AST differs:
 - normalisation: AST's (x + 4.27) / (2 * 4.57) instead of BEATs' (x - 15.42) / (2 * 6.56);
   each encoder gets the statistics it was trained with.
 - tokens: AST's overlapping 16x16 patches (stride 10) give 2 + 12 x 50 = 602 tokens x 768 per
@@ -163,19 +163,25 @@ class AudioExtractor:
         return hidden.to(torch.float16).cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
-        min_samples = int(self.cfg.sample_rate) * 25 // 1000  # one fbank window
-        for video in batch["videos"]:
-            if video.get("failed"):
-                continue
-            audio = video.get("audio")
-            if audio is None or len(audio) < min_samples:
-                reason = "no audio stream" if audio is None else f"audio track too short ({len(audio)} samples)"
-                video.setdefault("errors", []).append({"stage": self.cfg.name, "reason": reason})
-                continue
-            sr = video.get("audio_sr", self.cfg.sample_rate)
-            if int(sr) != int(self.cfg.sample_rate):
-                raise ValueError(f"video {video['video_id']}: audio at {sr} Hz, the audio stage needs "
-                                 f"{self.cfg.sample_rate} Hz (set the decoder's audio_sr)")
-            video.setdefault("features", {})["audio"] = self.encode(np.asarray(audio, np.float32))
-            video.setdefault("model_meta", {})[self.cfg.name] = dict(self.meta)
-        return batch
+        return add_audio_features(batch, self.cfg, self.encode, self.meta)
+
+
+def add_audio_features(batch: dict, cfg, encode, meta: dict) -> dict:
+    """features.audio = encode(samples) for every decoded video of a batch (any audio encoder);
+    a video without a usable track gets an error entry for this stage instead."""
+    min_samples = int(cfg.sample_rate) * 25 // 1000  # one fbank window
+    for video in batch["videos"]:
+        if video.get("failed"):
+            continue
+        audio = video.get("audio")
+        if audio is None or len(audio) < min_samples:
+            reason = "no audio stream" if audio is None else f"audio track too short ({len(audio)} samples)"
+            video.setdefault("errors", []).append({"stage": cfg.name, "reason": reason})
+            continue
+        sr = video.get("audio_sr", cfg.sample_rate)
+        if int(sr) != int(cfg.sample_rate):
+            raise ValueError(f"video {video['video_id']}: audio at {sr} Hz, the audio stage needs "
+                             f"{cfg.sample_rate} Hz (set the decoder's audio_sr)")
+        video.setdefault("features", {})["audio"] = encode(np.asarray(audio, np.float32))
+        video.setdefault("model_meta", {})[cfg.name] = dict(meta)
+    return batch

@@ -272,6 +272,8 @@ def _init_heads(mmqa: MMQA, init: dict[str, torch.Tensor]) -> None:
                 head.ln.bias.copy_(init["ln.bias"])
 
 
-def build_crema(*, device: str | torch.device | None = None, **fields) -> Crema:
-    """Build from a preset's keys (what Hydra instantiates: `_target_: model.crema.build_crema`)."""
+def build_crema(*, device: str | torch.device | None = None, init: str | None = None, **fields) -> Crema:
+    """Build from a preset's keys (what Hydra instantiates: `_target_: model.crema.build_crema`).
+    `init` (model.init, a checkpoint to start from) is not part of the architecture: the trainer
+    applies it after building (trainer/warm_start.py)."""
     return crema(CremaConfig(**fields), device=device)

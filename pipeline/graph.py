@@ -66,6 +66,7 @@ READS = {
     "extractors.encoder.EncoderExtractor": ("frames", "images.*"),
     "extractors.pointcloud.PointCloudExtractor": ("maps.depth",),
     "extractors.audio.AudioExtractor": ("audio",),
+    "extractors.beats.BeatsExtractor": ("audio",),
 }
 _ALL = ("*",)
 # Heavy fields that may leave a payload: top-level arrays, and the entries of maps/images.

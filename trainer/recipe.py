@@ -38,6 +38,7 @@ from trainer.data import (EpochSampler, collate, eval_loader, feature_widths, op
 from trainer.evaluate import autocast, evaluate, write_report
 from trainer.optim import build_optimizer, grad_norm, should_exit
 from trainer.report import MetricsLog, plot_curves
+from trainer.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,10 @@ class Trainer:
                 raise ValueError(f"model.{key}={given} but the store's features are {value} wide ({self.cfg.store})")
         if self.cfg.model.get("answer_tokens") and not self.cfg.model.get("phrase_tokens"):
             widths["phrase_tokens"] = sorted({r.answer for r in self.index.qa.get("train", [])})
-        return instantiate(self.cfg.model, **widths, _convert_="all")
+        model = instantiate(self.cfg.model, **widths, _convert_="all")
+        if self.cfg.model.get("init"):  # a resume loads its own checkpoint over these afterwards
+            warm_start(model, self.cfg.model.init)
+        return model
 
     def _resume_config(self) -> dict:
         return {"model": dataclasses.asdict(self.model.config), "seed": self.cfg.seed,
