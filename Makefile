@@ -5,6 +5,7 @@ OUT      ?= outputs/features
 FEATURES ?= $(if $(filter demo,$(DATASET)),tiny,full)
 DATA     ?=
 ARGS     ?=
+PRED     ?=
 FORMAT   ?= h5
 RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
@@ -20,7 +21,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup data extract train eval score params export import verify test test-fast bench preview submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -42,6 +43,10 @@ train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo ARGS
 
 eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo ARGS="ckpt=<path>"
 	$(PY) scripts/eval.py $(HYDRA_COMMON) $(ARGS)
+
+score: $(STAMP)  ## re-score saved predictions without a model: make score DATASET=sqa3d PRED=outputs/train/sqa3d/eval/test.predictions.jsonl
+	@test -n "$(PRED)" || { echo "error: PRED=<predictions .jsonl> is required (make eval writes <run_dir>/eval/<split>.predictions.jsonl)" >&2; exit 2; }
+	$(PY) scripts/score.py dataset=$(DATASET) pred=$(PRED) $(ARGS)
 
 params: $(STAMP)  ## trainable parameters per module: make params ARGS="model=crema_full"
 	$(PY) scripts/params.py $(ARGS)
