@@ -233,7 +233,8 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
         mmqa = MMQA(qformer, config.modalities, llm_width=llm.config.d_model,
                     num_query_tokens=config.num_query_tokens, lora_rank=config.lora_rank,
                     lora_dropout=config.lora_dropout, audio_width=config.audio_width,
-                    voxel_positions=config.voxel_positions, voxel_pe_scale=config.voxel_pe_scale)
+                    voxel_positions=config.voxel_positions, voxel_pe_scale=config.voxel_pe_scale,
+                    point_layernorm=config.point_layernorm)
         if init is not None:
             _init_heads(mmqa, init)
         return Crema(config, mmqa, llm, tokenizer)

@@ -61,7 +61,7 @@ class MMQA(nn.Module):
 
     def __init__(self, qformer: Blip2QFormerModel, modalities: list[str], *, llm_width: int,
                  num_query_tokens: int, lora_rank: int, lora_dropout: float, audio_width: int | None,
-                 voxel_positions: int = 256, voxel_pe_scale: float = 0.01):
+                 voxel_positions: int = 256, voxel_pe_scale: float = 0.01, point_layernorm: bool = False):
         super().__init__()
         self.modalities = list(modalities)
         qcfg = qformer.config
@@ -82,6 +82,7 @@ class MMQA(nn.Module):
         for head in self.heads.values():
             nn.init.normal_(head.query_tokens, std=qcfg.initializer_range)
         self.voxel_pe_scale = voxel_pe_scale
+        self.point_layernorm = point_layernorm
         if any(kind(m) == "points" for m in self.modalities):
             # Fixed, not trained and not saved: rebuilt identically from the config.
             self.register_buffer("voxel_table", voxel_position_table(voxel_positions, vision_width),
@@ -146,7 +147,8 @@ class MMQA(nn.Module):
         x = feats.to(head.ln.weight.dtype)
         if head.input_proj is not None:
             x = head.input_proj(x)
-        x = head.ln(x)
+        if kind(modality) != "points" or self.point_layernorm:
+            x = head.ln(x)
         if kind(modality) == "points":
             if xyz is None:
                 raise ValueError(f"{modality} features need their voxel xyz")
