@@ -243,11 +243,11 @@ def test_point_features_get_no_layernorm_in_the_full_preset():
     ln_pc is never called): scaling the input points scales what reaches the Q-Former."""
     assert preset("crema_full")["point_layernorm"] is False and preset("crema_tiny")["point_layernorm"] is True
     seen = []
+    feats, xyz = torch.randn(1, 1, 30, VISION), torch.randint(0, 256, (1, 1, 30, 3))
     for flag in (False, True):
         model = tiny(point_layernorm=flag).eval()
         hook = model.mmqa.qformer.register_forward_pre_hook(
             lambda mod, args, kw: seen.append((flag, kw["encoder_hidden_states"].clone())), with_kwargs=True)
-        feats, xyz = torch.randn(1, 1, 30, VISION), torch.randint(0, 256, (1, 1, 30, 3))
         with torch.no_grad():
             model.mmqa("pointcloud", feats, xyz=xyz)
         hook.remove()
