@@ -109,7 +109,7 @@ class Trainer:
         self._log_setup()
 
     def _build_model(self) -> Crema:
-        widths = feature_widths(self.store)
+        widths = feature_widths(self.store, list(self.cfg.model.modalities))
         for key, value in widths.items():
             given = self.cfg.model.get(key)
             if given is not None and given != value:
