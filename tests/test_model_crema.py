@@ -163,7 +163,8 @@ def test_full_preset_counts_3961600_per_mmqa_on_meta():
     model = build("crema_full", device="meta", modalities=["rgb", "depth", "audio", "pointcloud"])
     rows = dict(table(model))
     assert rows["MMQA-rgb"] == [2_359_296, 24_576, 2_816, 1_574_912, 0, 3_961_600]
-    assert rows["MMQA-depth"][-1] == rows["MMQA-pointcloud"][-1] == 3_961_600
+    assert rows["MMQA-depth"][-1] == 3_961_600
+    assert rows["MMQA-pointcloud"] == [2_359_296, 24_576, 0, 1_574_912, 0, 3_961_600 - 2_816]  # no LayerNorm
     assert rows["MMQA-audio"][-1] == 3_961_600 + 768 * 1408 + 1408  # its Linear to the ViT width
     assert rows["fusion (espresso)"][-1] == 3 * 2048 * 2048 + 2048
     assert next(model.parameters()).device.type == "meta"
@@ -252,6 +253,11 @@ def test_point_features_get_no_layernorm_in_the_full_preset():
             model.mmqa("pointcloud", feats, xyz=xyz)
         hook.remove()
     (_, raw), (_, normed) = seen
+    plain = tiny(point_layernorm=False)  # the unused LayerNorm is neither trained, saved nor counted
+    ln = {id(p) for p in plain.mmqa.heads["pointcloud"].ln.parameters()}
+    assert not ln & {id(p) for p in plain.mmqa.modality_parameters("pointcloud")}
+    assert not any(".heads.pointcloud.ln." in n for n in plain.trainable_state())
+    assert dict(table(plain))["MMQA-pointcloud"][2] == 0 and dict(table(plain))["MMQA-rgb"][2] > 0
     encoding = model.mmqa.voxel_pe_scale * model.mmqa.voxel_encoding(xyz)
     assert torch.allclose(raw, (feats + encoding).reshape(1, 30, VISION), atol=1e-6)
     assert not torch.allclose(normed, raw, atol=1e-3)
