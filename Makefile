@@ -5,6 +5,7 @@ OUT      ?= outputs/features
 FEATURES ?= $(if $(filter demo,$(DATASET)),tiny,full)
 DATA     ?=
 ARGS     ?=
+PRED     ?=
 FORMAT   ?= h5
 SRC      ?=
 CKPT     ?=
@@ -22,7 +23,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval import-ckpt params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup data extract train eval import-ckpt score params export import verify test test-fast bench preview submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -48,6 +49,10 @@ eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo [CKPT=<checkpoi
 import-ckpt: $(STAMP)  ## CREMA's released .pth -> a checkpoint (a checkpoint -> .pth): make import-ckpt SRC=nextqa_vdfn.pth DATASET=nextqa
 	@test -n "$(SRC)" || { echo "error: give SRC=<reference .pth> (or a checkpoint folder to export); see docs/training.md" >&2; exit 2; }
 	$(PY) scripts/import_ckpt.py src=$(SRC) $(HYDRA_DATASET) features=$(FEATURES) $(ARGS)
+
+score: $(STAMP)  ## re-score saved predictions without a model: make score DATASET=sqa3d PRED=outputs/train/sqa3d/eval/test.predictions.jsonl
+	@test -n "$(PRED)" || { echo "error: PRED=<predictions .jsonl> is required (make eval writes <run_dir>/eval/<split>.predictions.jsonl)" >&2; exit 2; }
+	$(PY) scripts/score.py dataset=$(DATASET) pred=$(PRED) $(ARGS)
 
 params: $(STAMP)  ## trainable parameters per module: make params ARGS="model=crema_full"
 	$(PY) scripts/params.py $(ARGS)

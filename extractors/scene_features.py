@@ -16,6 +16,7 @@ computed over all N points before sampling (the mapping never depends on the sam
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,10 @@ from core.hub import ModelUnavailableError
 
 ID_FROM = ("video_id", "path_stem")
 FALLBACKS = ("depth", "none")
+FOLDERS = ("required", "optional")
 GRID = 256  # positions per axis of the model's voxel position table
+
+log = logging.getLogger(__name__)
 
 
 class SceneFeaturesUnavailable(ModelUnavailableError):
@@ -113,9 +117,24 @@ class SceneSource:
         if node.get("fallback", "depth") not in FALLBACKS:
             raise ValueError(f"pointcloud.scene_features.fallback must be one of {FALLBACKS}, "
                              f"got {node.get('fallback')!r}")
+        folders = node.get("folders", "required")
+        if folders not in FOLDERS:
+            raise ValueError(f"pointcloud.scene_features.folders must be one of {FOLDERS}, got {folders!r}")
         dirs, resources = {}, resources or {}
+        absent = [k for k in ("features_dir", "voxels_dir") if not resources.get(k) or not Path(resources[k]).is_dir()]
+        if absent and folders == "optional":
+            # the dataset's default: a folder without 3D-LLM's release is lifted from depth (fallback
+            # depth), or every scene is listed without its point cloud (fallback none)
+            log.warning("3D-LLM scene features: %s not found (%s); %s", ", ".join(absent),
+                        ", ".join(str(resources.get(k)) for k in absent),
+                        "every scene is lifted from depth" if node.get("fallback", "depth") == "depth"
+                        else "every scene is listed without a point cloud")
+            if node.get("fallback", "depth") == "depth":
+                return None
+            return cls(Path(str(resources.get("features_dir"))), Path(str(resources.get("voxels_dir"))),
+                       node.get("id_from", "video_id"), "none")
         for key in ("features_dir", "voxels_dir"):
-            if not resources.get(key) or not Path(resources[key]).is_dir():
+            if key in absent:
                 raise SceneFeaturesUnavailable(
                     f"3D-LLM scene features: {key} {resources.get(key)!r} is not a folder. Put 3D-LLM's "
                     f"voxelized_features_sam_nonzero_preprocess/ and voxelized_voxels_sam_nonzero_preprocess/ under "

@@ -38,6 +38,9 @@ class CremaConfig:
     audio_width: int | None = None
     voxel_positions: int = 256        # voxel coordinates are uint8 in [0, 255]
     voxel_pe_scale: float = 0.01
+    # The reference adds the position encoding to point features with no LayerNorm (its ln_pc is
+    # never used): 3D-LLM's features go in as stored. True: point features pass the head's ln first.
+    point_layernorm: bool = False
     frame_prefix: str = "Frame {i}: "
     max_prompt_tokens: int = 77
     max_answer_tokens: int = 32

@@ -156,13 +156,15 @@ class Crema(nn.Module):
         return out.loss
 
     @torch.no_grad()
-    def predict(self, batch: dict, *, modalities=None, lora_off=()) -> list[dict]:
+    def predict(self, batch: dict, *, modalities=None, lora_off=(), decoding: dict | None = None) -> list[dict]:
         """Per sample {"choice": index or None, "text": answer text}.
 
         Multiple choice, `choice_scoring=letter` (CREMA): argmax of the letter tokens' logits at
         the position after "Option" (the T5 decoder is fed that prefix), over the question's
         options. `option_text`: the option whose text is most likely as the answer (mean token
-        log-likelihood). Open-ended: beam search.
+        log-likelihood). Open-ended: beam search with `decoding` (num_beams, length_penalty,
+        max_new_tokens, min_length: the dataset's, trainer.decoding); None: the model config's
+        beams and length, the default length penalty.
         """
         embeds, mask = self.encoder_inputs(batch, modalities=modalities, lora_off=lora_off)
         num_options = batch["num_options"].tolist()
@@ -184,9 +186,9 @@ class Crema(nn.Module):
             # ids the tokenizer cannot spell (a random preset's vocabulary rounded up past its
             # tokenizer) are never generated
             unused = list(range(len(self.tokenizer), self.llm.config.vocab_size))
+            search = decoding or {"num_beams": self.config.num_beams, "max_new_tokens": self.config.max_new_tokens}
             gen = self.llm.generate(inputs_embeds=embeds[oe], attention_mask=mask[oe], do_sample=False,
-                                    num_beams=self.config.num_beams, max_new_tokens=self.config.max_new_tokens,
-                                    suppress_tokens=unused or None)
+                                    suppress_tokens=unused or None, **search)
             for i, text in zip(oe, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[i] = {"choice": None, "text": text.strip()}
         return out
@@ -231,7 +233,8 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
         mmqa = MMQA(qformer, config.modalities, llm_width=llm.config.d_model,
                     num_query_tokens=config.num_query_tokens, lora_rank=config.lora_rank,
                     lora_dropout=config.lora_dropout, audio_width=config.audio_width,
-                    voxel_positions=config.voxel_positions, voxel_pe_scale=config.voxel_pe_scale)
+                    voxel_positions=config.voxel_positions, voxel_pe_scale=config.voxel_pe_scale,
+                    point_layernorm=config.point_layernorm)
         if init is not None:
             _init_heads(mmqa, init)
         return Crema(config, mmqa, llm, tokenizer)

@@ -3,9 +3,10 @@
 `espresso` (CREMA's current fusion): every non-RGB modality's tokens are aligned per (frame,
 query) -- audio averaged over its chunks then repeated over the T frames, a point cloud repeated
 over T -- concatenated along channels, passed through one Linear (D * (M-1) -> D) and self-gated
-(x * sigmoid(x)). Then `concat`: RGB's frames with their "Frame i: " prefixes followed by the
-fused frames with their own prefixes; or `add`: the fused tokens are added onto RGB's. Either
-way the sequence does not grow with the number of modalities.
+(x * sigmoid(x)). Then `concat`, in the reference's order: each "Frame i: " prefix followed by
+RGB's tokens of frame i, then all the prefixes again ("Frame 1: ... Frame T: ", nothing between
+them), then the fused tokens of every frame; or `add`: the fused tokens are added onto RGB's.
+Either way the sequence does not grow with the number of modalities.
 
 `concat` (v1): every modality's tokens in the sequence: per frame "Frame i: " then each frame
 modality's tokens of that frame, then the clip-level modalities (audio chunks, point cloud).
@@ -99,10 +100,13 @@ def assemble(
             seq.add(prefix)
             seq.add(rgb[:, t] + fused[:, t], keep=rgb_present | fused_present)
         return seq
-    for frames, keep in ((rgb, rgb_present), (fused, fused_present)):
-        for t, prefix in enumerate(prefixes):
-            seq.add(prefix)
-            seq.add(frames[:, t], keep=keep)
+    for t, prefix in enumerate(prefixes):
+        seq.add(prefix)
+        seq.add(rgb[:, t], keep=rgb_present)
+    # the reference concatenates its prefix block and its fused block whole (crema.py, espresso-concat)
+    for prefix in prefixes:
+        seq.add(prefix)
+    seq.add(fused.reshape(fused.shape[0], -1, fused.shape[-1]), keep=fused_present)
     return seq
 
 

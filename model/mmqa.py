@@ -61,7 +61,7 @@ class MMQA(nn.Module):
 
     def __init__(self, qformer: Blip2QFormerModel, modalities: list[str], *, llm_width: int,
                  num_query_tokens: int, lora_rank: int, lora_dropout: float, audio_width: int | None,
-                 voxel_positions: int = 256, voxel_pe_scale: float = 0.01):
+                 voxel_positions: int = 256, voxel_pe_scale: float = 0.01, point_layernorm: bool = False):
         super().__init__()
         self.modalities = list(modalities)
         qcfg = qformer.config
@@ -82,6 +82,7 @@ class MMQA(nn.Module):
         for head in self.heads.values():
             nn.init.normal_(head.query_tokens, std=qcfg.initializer_range)
         self.voxel_pe_scale = voxel_pe_scale
+        self.point_layernorm = point_layernorm
         if any(kind(m) == "points" for m in self.modalities):
             # Fixed, not trained and not saved: rebuilt identically from the config.
             self.register_buffer("voxel_table", voxel_position_table(voxel_positions, vision_width),
@@ -92,6 +93,9 @@ class MMQA(nn.Module):
             if not self._lora[m]:
                 raise RuntimeError(f"peft created no LoRA weights for {m!r} (target {SELF_ATTENTION_QV})")
         self._active = self.modalities[0]
+        for m in self.modalities:
+            if not self.uses_ln(m):
+                self.heads[m].ln.requires_grad_(False)
         self.set_trainable(self.modalities)
 
     # ------------------------------------------------------------------ parameters
@@ -99,9 +103,17 @@ class MMQA(nn.Module):
     def lora_parameters(self, modality: str) -> list[nn.Parameter]:
         return list(self._lora[modality])
 
+    def uses_ln(self, modality: str) -> bool:
+        """Whether the modality's features pass its head's LayerNorm (not point features, unless
+        point_layernorm: the reference's ln_pc exists but is never called)."""
+        return kind(modality) != "points" or self.point_layernorm
+
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
-        """Every trainable parameter of one modality's MMQA (LoRA + head)."""
-        return self.lora_parameters(modality) + list(self.heads[modality].parameters())
+        """Every trainable parameter of one modality's MMQA (LoRA + head); an unused LayerNorm is
+        neither trained, saved nor counted."""
+        head = self.heads[modality]
+        unused = set() if self.uses_ln(modality) else {id(p) for p in head.ln.parameters()}
+        return self.lora_parameters(modality) + [p for p in head.parameters() if id(p) not in unused]
 
     def set_trainable(self, modalities) -> None:
         """requires_grad=True for these modalities' MMQA, False for the rest (frozen parts stay frozen)."""
@@ -146,7 +158,8 @@ class MMQA(nn.Module):
         x = feats.to(head.ln.weight.dtype)
         if head.input_proj is not None:
             x = head.input_proj(x)
-        x = head.ln(x)
+        if self.uses_ln(modality):
+            x = head.ln(x)
         if kind(modality) == "points":
             if xyz is None:
                 raise ValueError(f"{modality} features need their voxel xyz")

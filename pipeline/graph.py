@@ -166,6 +166,29 @@ def _entry(stage: str, exc: BaseException, **extra) -> dict:
     return entry
 
 
+class NonFiniteOutput(ValueError):
+    """An extractor returned NaN or inf: a failure of its stage for that video, never stored."""
+
+
+_OUTPUT_FIELDS = ("maps", "images", "features", "model_meta")
+
+
+def check_finite(stage: str, video: dict, before: dict) -> None:
+    """Raise NonFiniteOutput naming the first new map or feature of `video` holding NaN or inf.
+
+    Checked on the raw outputs, before anything draws them: a depth map of NaNs would otherwise
+    become a blank image and wrong normals and point clouds.
+    """
+    for field in ("maps", "features"):
+        for key in sorted(set(video[field]) - set(before[field])):
+            values = np.asarray(video[field][key])
+            if values.dtype.kind in "fc" and not np.isfinite(values).all():
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                raise NonFiniteOutput(f"{field}.{key} of video {video['video_id']} holds {bad} non-finite values "
+                                      f"(NaN/inf) of {values.size}: an overflow of {stage}'s compute dtype? "
+                                      f"run it in float32 (features.extractors.{stage}.dtype=float32)")
+
+
 def initial_payload(spec: ShardSpec, entries, *, carry=(), base: str | None = None) -> dict:
     """The payload a shard starts with: manifest fields only. Videos in ``carry`` are taken over
     from the existing shard ``base`` by the writer (nothing decodes or extracts them)."""
@@ -290,26 +313,37 @@ class ExtractorStage:
             self.unavailable = err
 
     def _clear(self, video: dict, before: dict) -> None:
-        for field in ("maps", "images", "features", "model_meta"):
+        for field in _OUTPUT_FIELDS:
             for key in set(video[field]) - set(before[field]):
                 del video[field][key]
+
+    def _fail(self, video: dict, before: dict, exc: Exception) -> None:
+        self._clear(video, before)
+        video["errors"].append(_entry(self.name, exc, trace=traceback.format_exc(limit=3)[-1500:]))
 
     def run(self, payload: dict) -> dict:
         active = [v for v in payload["videos"] if not v["failed"] and not v.get("carry")]
         if not active:
             return payload
-        snapshot = [{f: dict(v[f]) for f in ("maps", "images", "features", "model_meta")} for v in active]
+        snapshot = [{f: dict(v[f]) for f in _OUTPUT_FIELDS} for v in active]
         try:
-            return self.extractor(payload)
+            self.extractor(payload)
         except Exception:
             pass
+        else:
+            for video, before in zip(active, snapshot):
+                try:
+                    check_finite(self.name, video, before)
+                except NonFiniteOutput as exc:
+                    self._fail(video, before, exc)
+            return payload
         for video, before in zip(active, snapshot):
             self._clear(video, before)
             try:
                 self.extractor({**payload, "videos": [video]})
+                check_finite(self.name, video, before)
             except Exception as exc:
-                self._clear(video, before)
-                video["errors"].append(_entry(self.name, exc, trace=traceback.format_exc(limit=3)[-1500:]))
+                self._fail(video, before, exc)
         return payload
 
     def __call__(self, batch: dict) -> dict:

@@ -27,7 +27,8 @@ def table(model) -> list[tuple[str, list[int]]]:
     rows = []
     for m in model.modalities:
         head = model.mmqa.heads[m]
-        parts = [_n(model.mmqa.lora_parameters(m)), head.query_tokens.numel(), _n(head.ln.parameters()),
+        parts = [_n(model.mmqa.lora_parameters(m)), head.query_tokens.numel(),
+                 _n(head.ln.parameters()) if model.mmqa.uses_ln(m) else 0,
                  _n(head.proj.parameters()), _n(head.input_proj.parameters()) if head.input_proj is not None else 0]
         rows.append((f"MMQA-{m}", parts + [sum(parts)]))
     if model.fusion is not None:

@@ -126,9 +126,33 @@ def test_3dllm_scene_features_compose_in_both_apps_and_their_folders_stay_out_of
     assert resolve_features(train.features)["extractors"]["pointcloud"]["resources"]["voxels_dir"] == \
         "/laptop/sqa3d/voxelized_voxels_sam_nonzero_preprocess"
     assert config_hash(extract.features) == config_hash(train.features)
-    assert config_hash(extract.features) != config_hash(make("extract", ["dataset=sqa3d"]).features)
-    no_fallback = make("extract", [*swap, "features.extractors.pointcloud.scene_features.fallback=none"])
-    assert config_hash(no_fallback.features) != config_hash(extract.features)
+    # SQA3D's default is the same stage (conf/features/scene/); lifting from depth is another store
+    assert config_hash(extract.features) == config_hash(make("extract", ["dataset=sqa3d"]).features)
+    lifted = make("extract", ["dataset=sqa3d", "features.extractors.pointcloud.scene_features=null",
+                              "features.extractors.pointcloud.feature_dim=${features.extractors.encoder.dim}"])
+    assert config_hash(extract.features) != config_hash(lifted.features)
+    other_fallback = make("extract", [*swap, "features.extractors.pointcloud.scene_features.fallback=depth"])
+    assert config_hash(other_fallback.features) != config_hash(extract.features)
     # a dataset without the folders composes too (the stage then asks for them by name)
     demo = resolve_features(make("extract", ["extractor@features.extractors.pointcloud=pointcloud_3dllm"]).features)
     assert demo["extractors"]["pointcloud"]["resources"]["features_dir"] is None
+
+
+@pytest.mark.parametrize("features, width, fallback", [("full", 1408, "depth"), ("tiny", 1408, "none")])
+def test_sqa3d_takes_3dllm_scene_features_by_default_in_both_presets(tmp_path, features, width, fallback):
+    """No extra flag: SQA3D's point clouds come from 3D-LLM's files when the dataset folder has
+    them (at their 1408 width); the full preset lifts the rest from depth, the tiny one lists them;
+    no folders at all is not an error. The other datasets keep the depth-lifted cloud."""
+    from extractors.scene_features import SceneSource
+
+    cfg = make("extract", ["dataset=sqa3d", f"features={features}", f"dataset.root={tmp_path}"])
+    stage = resolve_features(cfg.features)["extractors"]["pointcloud"]
+    assert stage["feature_dim"] == width and stage["scene_features"]["fallback"] == fallback
+    assert stage["resources"]["features_dir"] == f"{tmp_path}/voxelized_features_sam_nonzero_preprocess"
+    assert config_hash(cfg.features) == config_hash(make("train", ["dataset=sqa3d", f"features={features}"]).features)
+    source = SceneSource.from_cfg(stage["scene_features"], width, stage["resources"])  # folders absent
+    assert (source is None) == (fallback == "depth")
+    if source is not None:
+        assert "does not exist" in source.load({"video_id": "scene0000_00", "path": ""}, width)
+    other = resolve_features(make("extract", ["dataset=demo", f"features={features}"]).features)
+    assert "scene_features" not in other["extractors"]["pointcloud"]

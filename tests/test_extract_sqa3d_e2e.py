@@ -24,8 +24,12 @@ SPLITS = {"train": ["scene0000_00", "scene0001_00"], "val": ["scene0002_00"], "t
 NO_PT = "scene0003_00"
 POINTS = {"scene0000_00": 300, "scene0001_00": 40, "scene0002_00": 100}  # 40 < P: drawn with replacement
 P = 64
-SWAP = ["dataset=sqa3d", "features=tiny", "extractor@features.extractors.pointcloud=pointcloud_3dllm",
-        "features.modalities=[rgb,pointcloud]", f"features.extractors.pointcloud.num_points={P}"]
+BASE = ["dataset=sqa3d", "features=tiny", "features.modalities=[rgb,pointcloud]",
+        f"features.extractors.pointcloud.num_points={P}"]
+# 3D-LLM's files are SQA3D's default point source (conf/features/scene/sqa3d_tiny.yaml). Files at
+# the tiny encoder's width, with the depth-lifted fallback, let the tiny model train on them.
+SWAP = [*BASE, "features.extractors.pointcloud.feature_dim=${features.extractors.encoder.dim}",
+        "features.extractors.pointcloud.scene_features.fallback=depth"]
 
 
 def compose_app(app: str, *overrides: str):
@@ -100,13 +104,12 @@ def test_sqa3d_point_clouds_come_from_3dllm_files_and_fall_back_without_them(tmp
 
 
 def test_3dllm_features_keep_their_1408_width(tmp_path):
-    """3D-LLM's features are 1408 wide (BLIP-2's ViT-g): stored at that width whatever the tiny
-    encoder's; without a fallback, the scene without a .pt lists a missing point cloud."""
+    """`make extract DATASET=sqa3d` with FEATURES=tiny and no extra flag: 3D-LLM's features are
+    stored at their 1408 width (BLIP-2's ViT-g) whatever the tiny encoder's; the scene without a
+    .pt lists a missing point cloud (a lifted one would be the tiny encoder's width)."""
     data = tmp_path / "sqa3d"
     make_sqa3d(data, 1408)
-    run_extract(*SWAP, f"dataset.root={data}", f"out={tmp_path / 'out'}", "store.shard_size=4",
-                "features.extractors.pointcloud.feature_dim=1408",
-                "features.extractors.pointcloud.scene_features.fallback=none")
+    run_extract(*BASE, f"dataset.root={data}", f"out={tmp_path / 'out'}", "store.shard_size=4")
     root = tmp_path / "out" / "sqa3d"
     report = json.loads((root / "report.json").read_text())
     assert report["videos_ok"] == 4 and report["modalities"]["pointcloud"] == {"videos": 3, "shape": [P, 1408],

@@ -272,3 +272,41 @@ def test_voxelise_agrees_with_open3d_voxel_down_sample():
     assert np.allclose(key(centroids), key(ref), atol=1e-9)
     i = 7  # a voxel's members are the points whose mean is its centroid
     assert np.allclose(points[order[starts[i]:starts[i] + counts[i]]].mean(axis=0), centroids[i])
+
+
+def test_a_non_finite_output_is_a_listed_failure_of_its_stage_never_a_blank_image():
+    """The real tiny depth model, with a NaN injected into its output for the first frame (what an
+    fp16 overflow of ZoeDepth gives): that video's depth is a listed failure of the depth stage, with
+    no map and no image (render would have drawn the NaNs as a blank picture); the other video keeps
+    its depth, and the stages that need depth list its absence."""
+    from pipeline.graph import ExtractorStage
+
+    stage = ExtractorStage("depth", OmegaConf.to_container(config("depth_tiny"), resolve=True))
+
+    calls = []
+
+    def overflow(module, inputs, output):  # the stage predicts video by video: the first call is vid_a's
+        if not calls:
+            output.predicted_depth[0] = float("nan")
+        calls.append(1)
+        return output
+
+    stage.extractor.model.register_forward_hook(overflow)
+    payload = synthetic_payload()
+    a, b, _ = stage.run(payload)["videos"]
+    (error,) = a["errors"]
+    assert error["stage"] == "depth" and "maps.depth of video vid_a holds" in error["reason"]
+    assert "non-finite" in error["reason"] and "dtype=float32" in error["reason"]
+    assert "depth" not in a["maps"] and "depth" not in a["images"] and "depth" not in a["model_meta"]
+    assert b["errors"] == [] and np.isfinite(b["maps"]["depth"]).all() and "depth" in b["images"]
+    out = build("normal")({"videos": [a]})["videos"][0]
+    assert [e["stage"] for e in out["errors"]] == ["depth", "normal"] and "normal" not in out["maps"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("depth*.yaml")))
+def test_zoedepth_never_computes_in_float16(name):
+    """ZoeDepth's outputs overflow float16 (isl-org/ZoeDepth#56): every ZoeDepth preset asks float32."""
+    cfg = extractor_preset(name)
+    is_zoe = "zoedepth" in str(cfg.get("model_id") or "").lower() or \
+        (cfg.get("random_init") or {}).get("model", {}).get("model_type") == "zoedepth"
+    assert not is_zoe or cfg.dtype in ("float32", "bfloat16"), (name, cfg.dtype)

@@ -167,7 +167,7 @@ def test_the_trainer_reads_an_imported_store(store, tmp_path):
     ds = QADataset(fs, [record], mods, num_frames=2, train=False, split="train",
                    data=DataConfig(missing="zero", max_points=5, num_workers=0, seed=0),
                    prompt=PromptConfig(multiple_choice="{question} {options}", open_ended="{question}",
-                                       situation="{situation} {prompt}", lowercase_question=False))
+                                       situation="{situation} {prompt}", normalize="none", max_words=50))
     item = ds[0]
     assert item["features"]["rgb"].shape == (2, 5, 6) and item["xyz"].shape == (5, 3)
     np.testing.assert_array_equal(item["features"]["audio"], FeatureStore(store).get("v00", "audio"))

@@ -12,10 +12,10 @@ from model.config import CremaConfig
 from model.fusion import EspressoFusion, align_to_frames, assemble
 from model.pretrained import resolve
 from model.scoring import choice_token_ids
-from presets import build, trainer_preset
+from presets import build, preset, trainer_preset
 from scripts.params import table
 from test_model_mmqa import VISION, fake_batch, tiny
-from trainer.metrics import chance_level, lenient_match, score, strict_match, summarize
+from trainer.metrics import chance_level, gqa_match, score, strict_match, summarize
 from trainer.prompts import prompt_text, target_text
 
 
@@ -163,7 +163,8 @@ def test_full_preset_counts_3961600_per_mmqa_on_meta():
     model = build("crema_full", device="meta", modalities=["rgb", "depth", "audio", "pointcloud"])
     rows = dict(table(model))
     assert rows["MMQA-rgb"] == [2_359_296, 24_576, 2_816, 1_574_912, 0, 3_961_600]
-    assert rows["MMQA-depth"][-1] == rows["MMQA-pointcloud"][-1] == 3_961_600
+    assert rows["MMQA-depth"][-1] == 3_961_600
+    assert rows["MMQA-pointcloud"] == [2_359_296, 24_576, 0, 1_574_912, 0, 3_961_600 - 2_816]  # no LayerNorm
     assert rows["MMQA-audio"][-1] == 3_961_600 + 768 * 1408 + 1408  # its Linear to the ViT width
     assert rows["fusion (espresso)"][-1] == 3 * 2048 * 2048 + 2048
     assert next(model.parameters()).device.type == "meta"
@@ -202,8 +203,8 @@ def test_prompts_and_targets():
 def test_metrics_strict_and_lenient():
     assert strict_match(" Acoustic  Guitar", "acoustic guitar")
     assert not strict_match("guitar", "acoustic guitar")
-    assert lenient_match("guitar", "acoustic guitar") and lenient_match("2", "two")
-    assert not lenient_match("", "indoor")  # empty -> "unanswerable", never a substring match
+    assert gqa_match("guitar", "acoustic guitar") and gqa_match("2", "two")
+    assert not gqa_match("", "indoor")  # empty -> "unanswerable", never a substring match
     assert score({"choice": 2, "text": "x"}, "x", 2) == {"strict": 1, "lenient": 1}
     assert score({"choice": None, "text": "in"}, "indoor", -1) == {"strict": 0, "lenient": 1}
     rows = [{"qtype": "a", "strict": 1, "lenient": 1, "num_options": 5},
@@ -216,3 +217,61 @@ def test_metrics_strict_and_lenient():
 def test_audio_width_is_required():
     with pytest.raises(ValueError, match="audio_width"):
         build("crema_tiny", vision_width=VISION, modalities=["rgb", "audio"])
+
+
+def test_espresso_concat_lays_tokens_out_in_the_references_order():
+    """crema.py (espresso-concat): [P1 R1 ... PT RT] then [P1 ... PT] then [F1 ... FT], where Pi is
+    "Frame i: ", Ri frame i's RGB tokens and Fi its fused tokens; the fused block's mask follows
+    the fused modalities' presence."""
+    torch.manual_seed(0)
+    b, t, q, d = 2, 3, 2, 4
+    fusion = EspressoFusion(["flow"], d)
+    tokens = {"rgb": torch.randn(b, t, q, d), "flow": torch.randn(b, t, q, d)}
+    present = {"rgb": torch.tensor([True, True]), "flow": torch.tensor([True, False])}
+    prefixes = [torch.full((2, d), float(100 + i)) for i in range(t)]  # two "tokens" per prefix
+    embeds, mask = assemble(tokens, present, prefixes, fusion=fusion, espresso_mode="concat").build()
+    flow = tokens["flow"] * present["flow"].float()[:, None, None, None]
+    fused = fusion({"flow": flow})
+    expected = torch.cat([torch.cat([prefixes[i].expand(b, -1, -1), tokens["rgb"][:, i]], 1) for i in range(t)]
+                         + [torch.cat(prefixes).expand(b, -1, -1), fused.reshape(b, t * q, d)], 1)
+    assert torch.equal(embeds, expected)
+    head = t * (2 + q) + 2 * t
+    assert mask[1, :head].all() and not mask[1, head:].any() and mask[0].all()
+
+
+def test_point_features_get_no_layernorm_in_the_full_preset():
+    """The reference adds the voxel position encoding to the point features as they are (its
+    ln_pc is never called): scaling the input points scales what reaches the Q-Former."""
+    assert preset("crema_full")["point_layernorm"] is False and preset("crema_tiny")["point_layernorm"] is True
+    seen = []
+    feats, xyz = torch.randn(1, 1, 30, VISION), torch.randint(0, 256, (1, 1, 30, 3))
+    for flag in (False, True):
+        model = tiny(point_layernorm=flag).eval()
+        hook = model.mmqa.qformer.register_forward_pre_hook(
+            lambda mod, args, kw: seen.append((flag, kw["encoder_hidden_states"].clone())), with_kwargs=True)
+        with torch.no_grad():
+            model.mmqa("pointcloud", feats, xyz=xyz)
+        hook.remove()
+    (_, raw), (_, normed) = seen
+    plain = tiny(point_layernorm=False)  # the unused LayerNorm is neither trained, saved nor counted
+    ln = {id(p) for p in plain.mmqa.heads["pointcloud"].ln.parameters()}
+    assert not ln & {id(p) for p in plain.mmqa.modality_parameters("pointcloud")}
+    assert not any(".heads.pointcloud.ln." in n for n in plain.trainable_state())
+    assert dict(table(plain))["MMQA-pointcloud"][2] == 0 and dict(table(plain))["MMQA-rgb"][2] > 0
+    encoding = model.mmqa.voxel_pe_scale * model.mmqa.voxel_encoding(xyz)
+    assert torch.allclose(raw, (feats + encoding).reshape(1, 30, VISION), atol=1e-6)
+    assert not torch.allclose(normed, raw, atol=1e-3)
+
+
+def test_open_ended_decoding_follows_the_datasets_beams_and_length():
+    """trainer.decoding reaches generate: max_new_tokens bounds the answer, length_penalty is passed on."""
+    model = tiny().eval()
+    batch = fake_batch()
+    batch["num_options"] = torch.tensor([0, 0])
+    seen = []
+    original = model.llm.generate
+    model.llm.generate = lambda **kw: seen.append(kw) or original(**kw)
+    short = model.predict(batch, decoding={"num_beams": 2, "length_penalty": -1.0, "max_new_tokens": 1,
+                                           "min_length": 1})
+    assert seen[-1]["length_penalty"] == -1.0 and seen[-1]["num_beams"] == 2 and seen[-1]["max_new_tokens"] == 1
+    assert all(len(model.tokenizer(p["text"], add_special_tokens=False).input_ids) <= 1 for p in short)

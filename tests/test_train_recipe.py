@@ -4,12 +4,14 @@ exit rule, checkpoint contents after a sequential epoch, strict loading, resume 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from core.features import modality_hashes, modality_views
@@ -19,8 +21,11 @@ from trainer import checkpoint
 from trainer.data import sample_frames, sample_points
 from presets import build
 from trainer.evaluate import load_for_eval, run_eval
-from trainer.optim import should_exit, warmup_cosine
+from trainer.config import TrainerConfig
+from trainer.optim import build_optimizer, lavis_lr, should_exit, warmup_cosine
+from trainer.metrics import Scoring
 from trainer.recipe import Trainer
+from scripts.score import rescore
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODS = ["rgb", "flow", "audio"]
@@ -111,6 +116,71 @@ def test_warmup_then_cosine():
     assert warmup_cosine(9, **kw) == pytest.approx(1e-3)
     assert warmup_cosine(60, **kw) == pytest.approx((1e-3 + 1e-5) / 2)
     assert warmup_cosine(110, **kw) == pytest.approx(1e-5)
+
+
+def test_lavis_schedule_warms_up_inside_epoch_0_then_steps_the_cosine_per_epoch():
+    kw = dict(steps_per_epoch=100, epochs=5, warmup_steps=10, warmup_start_lr=1e-8, lr=1e-3, min_lr=0.0)
+    assert lavis_lr(0, **kw) == pytest.approx(1e-8)
+    assert lavis_lr(5, **kw) == pytest.approx(1e-8 + (1e-3 - 1e-8) * 0.5)
+    assert lavis_lr(10, **kw) == lavis_lr(99, **kw) == pytest.approx(1e-3)      # epoch 0 holds lr after warm-up
+    cos = [1e-3 * 0.5 * (1 + math.cos(math.pi * e / 5)) for e in range(1, 5)]
+    for e, want in enumerate(cos, 1):
+        assert lavis_lr(100 * e, **kw) == lavis_lr(100 * e + 99, **kw) == pytest.approx(want)  # constant per epoch
+    longer = {**kw, "warmup_steps": 250}
+    assert lavis_lr(99, **longer) < 1e-3 and lavis_lr(100, **longer) == pytest.approx(cos[0])  # cut at epoch 1
+    # the optimizer follows it step by step (the scheduler is stepped once per optimizer step)
+    param = torch.nn.Parameter(torch.zeros(2, 2))
+    opt, sched = build_optimizer({"w": param}, lr=1e-3, min_lr=0.0, weight_decay=0.05, betas=(0.9, 0.999),
+                                 warmup_steps=10, steps_per_epoch=100, epochs=5, schedule="lavis",
+                                 warmup_start_lr=1e-8)
+    seen = []
+    for _ in range(300):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([lavis_lr(k, **kw) for k in range(300)])
+
+
+# The reference's values (run_scripts/crema/finetune/*.sh over lavis/projects/crema/train/*.yaml):
+# lr, min lr, warm-up steps, epochs, global batch, max new tokens, and the prompt's opening/normaliser.
+REFERENCE = {
+    "nextqa": (5e-5, 0.0, 500, 5, 16, 10, "Question: {question} {options} Considering", "none"),
+    "music_avqa": (2e-4, 0.0, 1000, 20, 72, 10, "Question: {question} Based on the frames and audio", "blip_question"),
+    "sqa3d": (2e-4, 1e-5, 1000, 20, 8, 40, "Question: {question} Based on the frames and 3D Model", "blip_question"),
+}
+
+
+@pytest.mark.parametrize("dataset", list(REFERENCE))
+def test_the_full_preset_is_the_references_recipe_per_dataset(dataset):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        tc = TrainerConfig.from_cfg(compose(config_name="train", overrides=[f"dataset={dataset}", "features=full"]).trainer)
+    lr, min_lr, warmup, epochs, batch, new_tokens, opening, normalize = REFERENCE[dataset]
+    assert (tc.lr, tc.min_lr, tc.warmup_steps, tc.epochs, tc.global_batch) == (lr, min_lr, warmup, epochs, batch)
+    assert tc.schedule == "lavis" and tc.warmup_start_lr == 1e-8 and not tc.early_exit.enabled
+    assert tc.batch_size * tc.devices * tc.grad_accum == tc.global_batch
+    assert (tc.decoding.num_beams, tc.decoding.length_penalty, tc.decoding.max_new_tokens) == (5, -1.0, new_tokens)
+    template = tc.prompt.multiple_choice if dataset == "nextqa" else tc.prompt.open_ended
+    assert template.startswith(opening) and tc.prompt.normalize == normalize
+    if dataset == "sqa3d":
+        assert tc.prompt.situation == "{situation}. {prompt}"
+
+
+def test_music_avqa_reaches_its_global_batch_by_accumulation_and_early_exit_is_a_preset():
+    """What `python scripts/train.py dataset=music_avqa features=full --cfg job` prints (the same
+    composition): 72 = 24 per device x 3 accumulation on one device."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        node = compose(config_name="train", overrides=["dataset=music_avqa", "features=full"]).trainer
+        trainer = OmegaConf.to_container(node, resolve=True)
+    assert (trainer["global_batch"], trainer["batch_size"], trainer["lr"], trainer["min_lr"]) == (72, 24, 2e-4, 0.0)
+    assert trainer["decoding"]["length_penalty"] == -1.0 and trainer["early_exit"]["enabled"] is False
+    assert TrainerConfig.from_cfg(trainer).grad_accum == 3
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for dataset, tau in (("music_avqa", 1.4), ("sqa3d", 1.8)):
+            ee = compose(config_name="train", overrides=[f"dataset={dataset}", "features=full",
+                                                         f"+trainer/early_exit={dataset}"]).trainer.early_exit
+            assert ee.enabled and ee.tau == tau
+    with pytest.raises(ValueError, match="global_batch=72 is not a multiple of trainer.batch_size=10"):
+        TrainerConfig.from_cfg({**trainer, "batch_size": 10})
 
 
 # ---------------------------------------------------------------------- data
@@ -243,3 +313,9 @@ def test_eval_uses_the_prompt_the_checkpoint_was_trained_with(setup, tmp_path):
     results = run_eval(ecfg)
     saved = json.loads((Path(cfg.run_dir) / "eval" / "val.json").read_text())
     assert saved["prompt"]["multiple_choice"] == trained and results[0]["summary"]["n"] == 4
+    # make eval writes the per-question predictions that make score re-scores without the model
+    lines = (Path(cfg.run_dir) / "eval" / "val.predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 4 and all({"qid", "qtype", "prediction", "answer", "choice", "answer_idx"} <= set(r) for r in rows)
+    rescored = rescore(rows, Scoring.from_dataset(ecfg.dataset))[results[0]["label"]]
+    assert rescored["strict"] == results[0]["summary"]["strict"] and "by_group" in rescored

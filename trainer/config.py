@@ -13,6 +13,8 @@ from typing import Any
 from core.util import to_plain
 
 MISSING_POLICIES = ("drop", "zero")
+SCHEDULES = ("lavis", "per_step")
+NORMALIZERS = ("none", "blip_question")
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,26 @@ class PromptConfig:
 
     multiple_choice: str
     open_ended: str
-    situation: str             # wraps the prompt of a record with a situation: "Situation: {situation} {prompt}"
-    lowercase_question: bool   # MUSIC-AVQA lower-cases its questions
+    situation: str             # wraps the prompt of a record with a situation: "{situation}. {prompt}"
+    normalize: str             # question and situation text: none | blip_question (LAVIS's text processor)
+    max_words: int             # blip_question keeps the first max_words words
 
     def __post_init__(self) -> None:
         for field in ("{situation}", "{prompt}"):
             if field not in self.situation:
                 raise ValueError(f"trainer.prompt.situation={self.situation!r} lacks {field}")
+        if self.normalize not in NORMALIZERS:
+            raise ValueError(f"trainer.prompt.normalize={self.normalize!r}: choose from {list(NORMALIZERS)}")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """`trainer.decoding`: beam search for open-ended answers (multiple choice reads letter logits)."""
+
+    num_beams: int
+    length_penalty: float      # the reference's -1 favours short answers
+    max_new_tokens: int
+    min_length: int
 
 
 @dataclass(frozen=True)
@@ -60,14 +75,17 @@ class TrainerConfig:
     """`trainer`: the optimisation recipe, checkpointing and resume."""
 
     epochs: int
-    batch_size: int
-    grad_accum: int
+    global_batch: int   # questions per optimizer step, as the reference's run (per-GPU batch x GPUs)
+    batch_size: int     # questions per micro-batch on one device
+    devices: int        # data-parallel processes: grad_accum = global_batch / (batch_size x devices)
     eval_batch_size: int
     lr: float
     min_lr: float
     weight_decay: float
     betas: tuple[float, float]
+    schedule: str       # lavis: warm-up inside epoch 0, cosine stepped per epoch | per_step
     warmup_steps: int
+    warmup_start_lr: float
     sequential: bool
     early_exit: EarlyExitConfig
     num_threads: int
@@ -79,6 +97,21 @@ class TrainerConfig:
     resume: str
     data: DataConfig
     prompt: PromptConfig
+    decoding: DecodingConfig
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"trainer.schedule={self.schedule!r}: choose from {list(SCHEDULES)}")
+        per_step = self.batch_size * self.devices
+        if self.batch_size < 1 or self.devices < 1 or self.global_batch % per_step:
+            raise ValueError(f"trainer.global_batch={self.global_batch} is not a multiple of trainer.batch_size="
+                             f"{self.batch_size} x trainer.devices={self.devices}: change batch_size so that "
+                             f"batch_size x devices x accumulation = global_batch")
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per optimizer step on each device."""
+        return self.global_batch // (self.batch_size * self.devices)
 
     @classmethod
     def from_cfg(cls, node: Any) -> "TrainerConfig":
@@ -86,7 +119,8 @@ class TrainerConfig:
         d = dict(to_plain(node))
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
-        nested = {"early_exit": EarlyExitConfig, "data": DataConfig, "prompt": PromptConfig}
+        nested = {"early_exit": EarlyExitConfig, "data": DataConfig, "prompt": PromptConfig,
+                  "decoding": DecodingConfig}
         for key, sub in nested.items():
             if key in d:
                 d[key] = _typed(sub, d[key], f"trainer.{key}")
@@ -94,8 +128,8 @@ class TrainerConfig:
 
     def resume_view(self) -> dict:
         """The keys that change what a run computes: a resume refuses a checkpoint made with others."""
-        keep = ("batch_size", "grad_accum", "lr", "min_lr", "weight_decay", "betas", "warmup_steps", "epochs",
-                "sequential", "data", "prompt")
+        keep = ("global_batch", "batch_size", "devices", "lr", "min_lr", "weight_decay", "betas", "schedule",
+                "warmup_steps", "warmup_start_lr", "epochs", "sequential", "data", "prompt")
         full = dataclasses.asdict(self)
         full["betas"] = list(self.betas)
         return {k: full[k] for k in keep}

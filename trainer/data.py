@@ -202,14 +202,19 @@ def open_store(cfg, modalities=None) -> FeatureStore:
     return FeatureStore(cfg.store, expected_hashes=modality_hashes(cfg.features, names))
 
 
-def feature_widths(store: FeatureStore) -> dict:
+def feature_widths(store: FeatureStore, modalities=None) -> dict:
     """vision_width / audio_width of the cached features, as the model config names them: the
     ViT token width (frame and point modalities) and the audio encoder's (clip modalities)."""
     widths = {}
     for key, kinds in (("vision_width", ("frame", "points")), ("audio_width", ("clip",))):
-        found = [m for m in NAMES if kind(m) in kinds and m in store.modalities]
+        found = {m: store.modalities[m]["shape"][-1] for m in NAMES
+                 if kind(m) in kinds and m in store.modalities and (modalities is None or m in modalities)}
+        if len(set(found.values())) > 1:
+            raise ValueError(f"{store.root}: the Q-Former reads one token width, but the store's features are "
+                             f"{found} wide (3D-LLM's scene features are 1408 wide: train them with "
+                             f"features=full, or leave the other modalities out with model.modalities=[...])")
         if found:
-            widths[key] = store.modalities[found[0]]["shape"][-1]
+            widths[key] = next(iter(found.values()))
     return widths
 
 

@@ -22,9 +22,9 @@ from core.util import pick_device, to_plain
 from model.config import CremaConfig
 from model.crema import Crema, crema
 from trainer import checkpoint
-from trainer.config import PromptConfig, TrainerConfig
+from trainer.config import DecodingConfig, PromptConfig, TrainerConfig
 from trainer.data import eval_loader, open_store, split_datasets, to_device
-from trainer.metrics import chance_level, qtype_table, score, summarize
+from trainer.metrics import Scoring, chance_level, qtype_table, score, summarize
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +38,39 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def evaluate(model: Crema, loader, device: torch.device, *, modalities=None, lora_off=(), bf16=True,
-             desc="eval") -> tuple[dict, list[dict]]:
-    """(summary with strict/lenient accuracy overall and per question type, per-question rows)."""
+             desc="eval", scoring: Scoring | None = None,
+             decoding: DecodingConfig | None = None) -> tuple[dict, list[dict]]:
+    """(summary with strict and reference accuracy overall, per question type and group;
+    per-question rows). `decoding` (the dataset's beam search) overrides the model's defaults."""
     was_training = model.training
     model.eval()
     rows = []
+    gen = dataclasses.asdict(decoding) if decoding is not None else None
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         with autocast(device, bf16):
-            preds = model.predict(to_device(batch, device), modalities=modalities, lora_off=lora_off)
+            preds = model.predict(to_device(batch, device), modalities=modalities, lora_off=lora_off, decoding=gen)
         for i, p in enumerate(preds):
-            s = score(p, batch["answer"][i], int(batch["answer_idx"][i]))
+            answer_idx = int(batch["answer_idx"][i])
+            s = score(p, batch["answer"][i], answer_idx, scoring)
             rows.append({"qid": batch["qid"][i], "qtype": batch["qtype"][i], "prediction": p["text"],
-                         "choice": p["choice"], "answer": batch["answer"][i],
+                         "choice": p["choice"], "answer": batch["answer"][i], "answer_idx": answer_idx,
                          "num_options": len(batch["options"][i]), **s})
     model.train(was_training)
-    summary = summarize(rows)
+    summary = summarize(rows, scoring)
     summary["chance"] = chance_level(rows)
     return summary, rows
+
+
+PREDICTION_KEYS = ("qid", "qtype", "prediction", "answer", "choice", "answer_idx", "num_options")
+
+
+def write_predictions(path: Path, results: list[dict]) -> Path:
+    """One JSON line per question and modality subset (what `make score` re-scores)."""
+    with open(path, "w") as f:
+        for r in results:
+            for row in r["rows"]:
+                f.write(json.dumps({"modalities": r["label"], **{k: row[k] for k in PREDICTION_KEYS}}) + "\n")
+    return path
 
 
 def write_report(path: Path, results: dict, ckpt: Path, modalities: list[str]) -> str:
@@ -102,16 +118,18 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     ds = split_datasets(load_dataset(cfg.dataset), store, model.modalities, model.config.num_frames,
                         data=tc.data, prompt=prompt, splits=(split,))[split]
     loader = eval_loader(ds, tc.eval_batch_size, tc.data.num_workers)
+    scoring = Scoring.from_dataset(cfg.dataset)
     results = []
     for mods in _subsets(chosen, model.modalities):
         off = [m for m in chosen["lora_off"] if m in mods]
         label = "+".join(mods) + (f" (LoRA off: {','.join(off)})" if off else "")
-        summary, rows = evaluate(model, loader, device, modalities=mods, lora_off=off, bf16=tc.bf16, desc=label)
+        summary, rows = evaluate(model, loader, device, modalities=mods, lora_off=off, bf16=tc.bf16, desc=label,
+                                 scoring=scoring, decoding=tc.decoding)
         results.append({"modalities": mods, "lora_off": off, "label": label, "summary": summary, "rows": rows})
         print(qtype_table(summary, f"{split}: {label}") + "\n")
     chance = results[0]["summary"]["chance"]
     print(f"| {split} ({len(ds)} questions{f', chance {chance:.1f}%' if chance is not None else ''}) "
-          f"| strict EM % | lenient (reference) % |\n|---|---:|---:|")
+          f"| strict EM % | reference ({scoring.reference}) % |\n|---|---:|---:|")
     for r in results:
         print(f"| {r['label']} | {r['summary']['strict']:.1f} | {r['summary']['lenient']:.1f} |")
     out = Path(chosen["output"])
@@ -120,4 +138,5 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     path.write_text(json.dumps({"checkpoint": str(directory), "split": split, "prompt": dataclasses.asdict(prompt),
                                 "data": ds.summary(), "results": results}, indent=1))
     print(f"predictions and summaries: {path}")
+    print(f"per-question predictions (make score PRED=...): {write_predictions(out / f'{split}.predictions.jsonl', results)}")
     return results

@@ -36,6 +36,7 @@ from trainer.config import TrainerConfig
 from trainer.data import (EpochSampler, collate, eval_loader, feature_widths, open_store, own_generator,
                           split_datasets, to_device)
 from trainer.evaluate import autocast, evaluate, write_report
+from trainer.metrics import Scoring
 from trainer.optim import build_optimizer, grad_norm, should_exit
 from trainer.report import MetricsLog, plot_curves
 from trainer.warm_start import warm_start
@@ -68,6 +69,9 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig):
         self.cfg, self.tc = cfg, TrainerConfig.from_cfg(cfg.trainer)
+        if self.tc.devices != 1:
+            raise ValueError(f"trainer.devices={self.tc.devices}: this trainer runs one process on one device; it "
+                             f"reaches trainer.global_batch by accumulation (set trainer.devices=1)")
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = pick_device(cfg.device)
@@ -79,6 +83,7 @@ class Trainer:
         torch.set_flush_denormal(True)
         self.store = open_store(cfg)
         self.index = load_dataset(cfg.dataset)  # read once: the model's answer tokens and the data use it
+        self.scoring = Scoring.from_dataset(cfg.dataset)
         self.model = self._build_model()
         self.model.to(self.device)
         self.modalities = self.model.modalities
@@ -96,7 +101,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(math.ceil(len(self.data["train"]) / self.tc.batch_size) / self.tc.grad_accum)
         self.optimizer, self.scheduler = build_optimizer(
             self.model.trainable_state(), lr=self.tc.lr, min_lr=self.tc.min_lr, weight_decay=self.tc.weight_decay,
-            betas=self.tc.betas, warmup_steps=self.tc.warmup_steps, total_steps=self.tc.epochs * self.steps_per_epoch)
+            betas=self.tc.betas, warmup_steps=self.tc.warmup_steps, steps_per_epoch=self.steps_per_epoch,
+            epochs=self.tc.epochs, schedule=self.tc.schedule, warmup_start_lr=self.tc.warmup_start_lr)
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self._maybe_resume()
@@ -104,7 +110,7 @@ class Trainer:
         self._log_setup()
 
     def _build_model(self) -> Crema:
-        widths = feature_widths(self.store)
+        widths = feature_widths(self.store, list(self.cfg.model.modalities))
         for key, value in widths.items():
             given = self.cfg.model.get(key)
             if given is not None and given != value:
@@ -278,7 +284,8 @@ class Trainer:
                      tc.early_exit.tau)
             self.model.mmqa.set_trainable(self._active())
         summary, _ = evaluate(self.model, eval_loader(self.data["val"], tc.eval_batch_size, tc.data.num_workers),
-                              self.device, bf16=tc.bf16, desc=f"val {st.epoch}")
+                              self.device, bf16=tc.bf16, desc=f"val {st.epoch}", scoring=self.scoring,
+                              decoding=tc.decoding)
         self.log.write("eval", split="val", epoch=st.epoch, step=st.step,
                        **{k: summary[k] for k in ("n", "strict", "lenient", "chance")})
         self.log.write("epoch", epoch=st.epoch, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
@@ -320,7 +327,8 @@ class Trainer:
                 continue
             summary, rows = evaluate(self.model, eval_loader(self.data[split], self.tc.eval_batch_size,
                                                              self.tc.data.num_workers),
-                                     self.device, bf16=self.tc.bf16, desc=split)
+                                     self.device, bf16=self.tc.bf16, desc=split, scoring=self.scoring,
+                                     decoding=self.tc.decoding)
             results[split] = summary
             self.log.write("test" if split == "test" else "final_val", split=split, step=self.state.step,
                            checkpoint=str(best), **summary)
