@@ -89,8 +89,9 @@ def test_full_size_reference_layouts_map_strictly_onto_crema_full(name, ref_moda
     assert set(conv.tensors) == set(shapes)                      # strict: every parameter, nothing else
     assert {reference_key(k) for k in conv.tensors} | set(conv.ignored) == set(state)  # every key accounted for
     per_mmqa = {m: sum(p.numel() for p in ps) for m, ps in model.module_parameters().items()}
-    for m in order:  # the spec's 3,961,600 (+ audio's 768 -> 1408 projection)
-        assert per_mmqa[m] == 3_961_600 + (768 * 1408 + 1408 if m == "audio" else 0)
+    for m in order:  # the spec's 3,961,600 (+ audio's 768 -> 1408 projection; points: no LayerNorm, 2 x 1408 less)
+        extra = {"audio": 768 * 1408 + 1408, "pointcloud": -2 * 1408}.get(m, 0)
+        assert per_mmqa[m] == 3_961_600 + extra
     assert per_mmqa["fusion"] == 2048 * 2048 * (len(order) - 1) + 2048
     assert model.config.fused_modalities == order[1:]            # the fusion's columns in the reference's order
     assert conv.ignored["rgb_gradsel_embed"].startswith("a placeholder")
