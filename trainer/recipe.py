@@ -183,7 +183,8 @@ class Trainer:
         """The newest last-* of this run whose files all match their checksums; newer corrupt ones
         are reported, and set aside once a valid one is found."""
         corrupt = []
-        for directory in reversed(checkpoint.checkpoints(self.ckpt_dir, "last", self.run_id)):
+        # every last-* is this run's or unreadable (_refuse_other_runs ran); unreadable ones are judged here
+        for directory in reversed(checkpoint.checkpoints(self.ckpt_dir, "last")):
             try:
                 checkpoint.verify(directory)
             except checkpoint.CorruptCheckpoint as exc:
