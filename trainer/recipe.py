@@ -19,11 +19,13 @@ import hashlib
 import json
 import logging
 import math
+import random
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -82,6 +84,10 @@ class Trainer:
         if self.tc.num_threads:
             torch.set_num_threads(self.tc.num_threads)
         torch.manual_seed(cfg.seed)
+        # numpy's and python's global generators too: a checkpoint saves them, so a straight run and
+        # a resumed one agree on them only when every process starts them alike
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
         # denormal floats slow CPU steps down as training goes; flushed in every run, so that a
         # resumed run computes exactly what a straight one does
         torch.set_flush_denormal(True)
@@ -157,6 +163,9 @@ class Trainer:
         self.state = TrainState(**saved["train_state"])
         checkpoint.restore_rng(directory, saved["rng"])
         self.log.truncate(saved["metrics_lines"])
+        # a kill between a save and its pruning left one checkpoint too many: finish that step
+        checkpoint.prune(self.ckpt_dir, "last", self.tc.keep_last, self.run_id)
+        checkpoint.prune_best(self.ckpt_dir, self.run_id)
         self.resumed_from = directory
         log.info("resumed from %s (epoch %d, batch %d, step %d)", directory, self.state.epoch,
                  self.state.batch, self.state.step)
