@@ -96,7 +96,7 @@ CHAIN = [
     "last:renamed@1",   # last-8-e2 renamed, its parent not fsynced, last-8-e1 not pruned
 ]
 # CI kills at the points where a checkpoint is half-made or two coexist; the long run at all
-CI_CHAIN = ["best:written@1", "last:written@1", "last:durable@1", "metrics:torn@3"]
+CI_CHAIN = ["best:written@1", "last:written@1", "metrics:torn@3"]
 
 
 def test_a_kill_at_each_step_of_the_save_protocol_loses_nothing(straight):

@@ -143,6 +143,7 @@ class Trainer:
 
     def _maybe_resume(self) -> None:
         mode = self.tc.resume
+        checkpoint.clean_temporaries(self.run_dir)
         if mode == "never":
             if self.ckpt_dir.exists():
                 log.warning("trainer.resume=never: deleting the old checkpoints in %s", self.ckpt_dir)
@@ -150,7 +151,6 @@ class Trainer:
             self.log.reset()
             return
         checkpoint.clean_temporaries(self.ckpt_dir)
-        checkpoint.clean_temporaries(self.run_dir)
         self._refuse_other_runs()
         directory = self._newest_valid_last() if mode == "auto" else self._explicit(mode)
         if directory is None:
