@@ -5,6 +5,7 @@ failed save cleaning up after itself. The kill tests are tests/test_checkpoint_k
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
 
 from test_train_recipe import CONF, MODS, compose_train, write_fixture
 from trainer import checkpoint
@@ -210,3 +212,17 @@ def test_saving_a_position_twice_keeps_the_valid_copy(run):
     trainer._save_last()  # the same position again: a no-op, never a delete-then-rename
     assert (run.ckpts / "last-000006-e001" / checkpoint.STATE).read_text() == before
     assert not list(run.ckpts.glob(".tmp-*"))
+
+
+def test_resume_from_an_earlier_last_recomputes_the_rest_exactly(run):
+    """trainer.resume=<an earlier last-*>: the later ones are dropped and recomputed, bitwise."""
+    def rows():
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    want, weights = rows(), load_file(str(run.ckpts / "last-000006-e001" / "model.safetensors"))
+    trainer = Trainer(run("trainer.max_steps=6", f"trainer.resume={run.ckpts / 'last-000004-e001'}"))
+    assert trainer.state.step == 4 and _lasts(run.ckpts) == ["last-000004-e001"]
+    trainer.train()
+    assert rows() == want
+    got = load_file(str(run.ckpts / "last-000006-e001" / "model.safetensors"))
+    assert all(torch.equal(got[k], weights[k]) for k in weights)

@@ -182,7 +182,7 @@ class Trainer:
                     self._mismatch(directory, saved)
 
     def _mismatch(self, directory: Path, saved: dict):
-        diff = checkpoint.identity_diff(saved.get("run", {}), self.identity)
+        diff = checkpoint.identity_diff(saved["run"], self.identity) if "run" in saved else []
         raise checkpoint.RunMismatch(
             f"{directory} belongs to another run: {'; '.join(diff[:8]) or 'written by an older trainer'}"
             f"{f' and {len(diff) - 8} more' if len(diff) > 8 else ''}. Resume with the same config and data, "
@@ -220,7 +220,17 @@ class Trainer:
                 f"position); resume from a last-* checkpoint")
         if saved.get("run_id") != self.run_id:
             self._mismatch(directory, saved)
+        self._drop_later_lasts(directory)
         return directory
+
+    def _drop_later_lasts(self, directory: Path) -> None:
+        """Resuming from an earlier last-* of this run_dir: the later ones are a future this run
+        recomputes; left in place, a later resume=auto would pick them over the rewound metrics."""
+        later = [d for d in checkpoint.checkpoints(self.ckpt_dir, "last", self.run_id)
+                 if d.parent.resolve() == directory.parent.resolve() and d.name > directory.name]
+        for d in later:
+            log.warning("trainer.resume=%s: deleting the later %s of this run", directory, d.name)
+            shutil.rmtree(d)
 
     def _log_setup(self) -> None:
         groups = self.model.module_parameters()
