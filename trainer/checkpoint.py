@@ -32,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -366,6 +367,66 @@ def load_model(model, directory: Path) -> None:
     with torch.no_grad():
         for k, p in own.items():
             p.copy_(saved[k].to(p.dtype))
+
+
+# ---------------------------------------------------------------------- resume: which checkpoint
+
+
+def mismatch(directory: Path, saved: dict, identity: dict) -> RunMismatch:
+    """The error for a checkpoint of another run, naming the identity keys that differ."""
+    diff = identity_diff(saved["run"], identity) if "run" in saved else []
+    more = f" and {len(diff) - 8} more" if len(diff) > 8 else ""
+    return RunMismatch(
+        f"{directory} belongs to another run: {'; '.join(diff[:8]) or 'written by an older trainer'}{more}. Resume "
+        f"with the same config and data, pass run_dir=<new folder>, or trainer.resume=never to start over there.")
+
+
+def refuse_other_runs(root: Path, run_id: str, identity: dict) -> None:
+    """Raise RunMismatch when `root` holds a readable checkpoint of another run (unreadable ones
+    are judged when they are loaded)."""
+    for kind in ("last", "best"):
+        for directory in checkpoints(root, kind):
+            try:
+                saved = read_state(directory)
+            except CorruptCheckpoint:
+                continue
+            if saved.get("run_id") != run_id:
+                raise mismatch(directory, saved, identity)
+
+
+def newest_valid_last(root: Path) -> Path | None:
+    """The newest last-* under `root` whose files all match their checksums. Newer corrupt ones
+    get an `error:` line each and are set aside once a valid one is found; when none is valid,
+    CorruptCheckpoint (nothing is deleted)."""
+    corrupt = []
+    for directory in reversed(checkpoints(root, "last")):
+        try:
+            verify(directory)
+        except CorruptCheckpoint as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            corrupt.append((directory, str(exc)))
+            continue
+        for bad, why in corrupt:
+            set_aside(bad, why)
+        if corrupt:
+            log.warning("resuming from %s, the newest valid checkpoint, instead", directory)
+        return directory
+    if corrupt:
+        raise CorruptCheckpoint(f"no valid last checkpoint in {root} ({len(corrupt)} corrupt, named above): nothing "
+                                f"to resume from. Restore them, or start over with trainer.resume=never.")
+    return None
+
+
+def drop_later_lasts(root: Path, directory: Path, run_id: str) -> None:
+    """Resuming from an earlier last-* of `root`: delete the later ones of the run, a future the
+    resumed run recomputes; left in place, a later resume=auto would pick them over the rewound
+    metrics."""
+    if Path(directory).parent.resolve() != Path(root).resolve():
+        return
+    for later in checkpoints(root, "last", run_id):
+        if later.name > Path(directory).name:
+            log.warning("resuming from %s: deleting the later %s of this run", directory, later.name)
+            shutil.rmtree(later)
 
 
 # ---------------------------------------------------------------------- optimizer

@@ -21,7 +21,6 @@ import logging
 import math
 import random
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,8 +150,8 @@ class Trainer:
             self.log.reset()
             return
         checkpoint.clean_temporaries(self.ckpt_dir)
-        self._refuse_other_runs()
-        directory = self._newest_valid_last() if mode == "auto" else self._explicit(mode)
+        checkpoint.refuse_other_runs(self.ckpt_dir, self.run_id, self.identity)
+        directory = checkpoint.newest_valid_last(self.ckpt_dir) if mode == "auto" else self._explicit(mode)
         if directory is None:
             self.log.reset()  # metrics of a run that never checkpointed: start afresh
             return
@@ -170,47 +169,6 @@ class Trainer:
         log.info("resumed from %s (epoch %d, batch %d, step %d)", directory, self.state.epoch,
                  self.state.batch, self.state.step)
 
-    def _refuse_other_runs(self) -> None:
-        """A run_dir holding another run's checkpoints is refused, naming the keys that differ."""
-        for kind in ("last", "best"):
-            for directory in checkpoint.checkpoints(self.ckpt_dir, kind):
-                try:
-                    saved = checkpoint.read_state(directory)
-                except checkpoint.CorruptCheckpoint:
-                    continue  # judged (and reported) when it is loaded
-                if saved.get("run_id") != self.run_id:
-                    self._mismatch(directory, saved)
-
-    def _mismatch(self, directory: Path, saved: dict):
-        diff = checkpoint.identity_diff(saved["run"], self.identity) if "run" in saved else []
-        raise checkpoint.RunMismatch(
-            f"{directory} belongs to another run: {'; '.join(diff[:8]) or 'written by an older trainer'}"
-            f"{f' and {len(diff) - 8} more' if len(diff) > 8 else ''}. Resume with the same config and data, "
-            f"pass run_dir=<new folder>, or trainer.resume=never to start over in {self.run_dir}.")
-
-    def _newest_valid_last(self) -> Path | None:
-        """The newest last-* of this run whose files all match their checksums; newer corrupt ones
-        are reported, and set aside once a valid one is found."""
-        corrupt = []
-        # every last-* is this run's or unreadable (_refuse_other_runs ran); unreadable ones are judged here
-        for directory in reversed(checkpoint.checkpoints(self.ckpt_dir, "last")):
-            try:
-                checkpoint.verify(directory)
-            except checkpoint.CorruptCheckpoint as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                corrupt.append((directory, str(exc)))
-                continue
-            for bad, why in corrupt:
-                checkpoint.set_aside(bad, why)
-            if corrupt:
-                log.warning("resuming from %s, the newest valid checkpoint, instead", directory)
-            return directory
-        if corrupt:
-            raise checkpoint.CorruptCheckpoint(
-                f"no valid last checkpoint in {self.ckpt_dir} ({len(corrupt)} corrupt, named above): nothing to resume "
-                f"from. Restore them, or start over with trainer.resume=never.")
-        return None
-
     def _explicit(self, path: str) -> Path:
         directory = checkpoint.resolve(path, "last")
         saved = checkpoint.verify(directory)
@@ -219,18 +177,9 @@ class Trainer:
                 f"trainer.resume={path}: a {saved.get('kind')} checkpoint holds weights only (no optimizer, RNG or "
                 f"position); resume from a last-* checkpoint")
         if saved.get("run_id") != self.run_id:
-            self._mismatch(directory, saved)
-        self._drop_later_lasts(directory)
+            raise checkpoint.mismatch(directory, saved, self.identity)
+        checkpoint.drop_later_lasts(self.ckpt_dir, directory, self.run_id)
         return directory
-
-    def _drop_later_lasts(self, directory: Path) -> None:
-        """Resuming from an earlier last-* of this run_dir: the later ones are a future this run
-        recomputes; left in place, a later resume=auto would pick them over the rewound metrics."""
-        later = [d for d in checkpoint.checkpoints(self.ckpt_dir, "last", self.run_id)
-                 if d.parent.resolve() == directory.parent.resolve() and d.name > directory.name]
-        for d in later:
-            log.warning("trainer.resume=%s: deleting the later %s of this run", directory, d.name)
-            shutil.rmtree(d)
 
     def _log_setup(self) -> None:
         groups = self.model.module_parameters()
@@ -413,5 +362,5 @@ class Trainer:
         directory = self.ckpt_dir / checkpoint.name("best", best["step"], best["epoch"])
         saved = checkpoint.read_state(directory)
         if saved.get("run_id") != self.run_id:
-            self._mismatch(directory, saved)
+            raise checkpoint.mismatch(directory, saved, self.identity)
         return directory
