@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> None:
         run_eval(cfg)
     except (StoreError, ModelUnavailableError, CheckpointError, ValueError) as exc:  # user-fixable
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # docs/training.md lists the codes
 
 
 if __name__ == "__main__":

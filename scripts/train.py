@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
         trainer.test()
     except (StoreError, ModelUnavailableError, CheckpointError, ValueError) as exc:  # user-fixable
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # docs/training.md lists the codes
     print(f"run folder: {cfg.run_dir} (metrics.jsonl, curves.png, report.md, checkpoints/)")
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from trainer import checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 MODS = ["rgb", "flow", "audio"]
@@ -53,7 +55,7 @@ def test_training_writes_checkpoints_metrics_curves_and_report(trained):
     last = [sum(r["loss"].values()) for r in steps if r["epoch"] == 2]
     assert sum(last) / len(last) < sum(first) / len(first)  # it learns something
     for kind in ("best", "last"):
-        (ckpt,) = sorted((run_dir / "checkpoints").glob(f"{kind}-*"))
+        ckpt = checkpoint.resolve(run_dir / "checkpoints", kind)
         keys = load_file(str(ckpt / "model.safetensors")).keys()
         for m in MODS:
             assert any(f"lora_B.{m}." in k for k in keys) and any(f"heads.{m}.proj" in k for k in keys), (kind, m)

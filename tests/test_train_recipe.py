@@ -32,16 +32,20 @@ MODS = ["rgb", "flow", "audio"]
 F, TOKENS, VIT, AUD = 6, 5, 24, 16
 
 
-def compose_train(tmp: Path, *overrides: str):
+def train_overrides(tmp: Path, *overrides: str) -> list[str]:
+    """The Hydra overrides of a small run on `write_fixture`'s store (also a scripts/train.py command line)."""
     ann = tmp / "ann"
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=[
-            "dataset=nextqa", f"dataset.root={tmp}", f"dataset.annotations.train={ann}/train.json",
+    return ["dataset=nextqa", f"dataset.root={tmp}", f"dataset.annotations.train={ann}/train.json",
             f"dataset.annotations.val={ann}/val.json", f"dataset.annotations.test={ann}/test.json",
             "dataset.val_from_train=null", f"dataset.modalities=[{','.join(MODS)}]",
             "features=tiny", f"store={tmp}/store", f"run_dir={tmp}/run", "trainer.batch_size=4",
             "trainer.eval_batch_size=8", "trainer.epochs=2", "trainer.warmup_steps=2", "trainer.data.num_workers=0",
-            "trainer.log_every=1", "model.num_frames=3", *overrides])
+            "trainer.log_every=1", "model.num_frames=3", *overrides]
+
+
+def compose_train(tmp: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=train_overrides(tmp, *overrides))
 
 
 def write_fixture(tmp: Path, cfg, *, videos: int = 12, lacking: dict | None = None) -> None:

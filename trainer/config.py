@@ -129,9 +129,10 @@ class TrainerConfig:
     def resume_view(self) -> dict:
         """The keys that change what a run computes: a resume refuses a checkpoint made with others."""
         keep = ("global_batch", "batch_size", "devices", "lr", "min_lr", "weight_decay", "betas", "schedule",
-                "warmup_steps", "warmup_start_lr", "epochs", "sequential", "data", "prompt")
+                "warmup_steps", "warmup_start_lr", "epochs", "sequential", "early_exit", "bf16", "data", "prompt")
         full = dataclasses.asdict(self)
         full["betas"] = list(self.betas)
+        full["data"].pop("num_workers")  # workers change speed, not what a batch holds
         return {k: full[k] for k in keep}
 
 

@@ -88,13 +88,28 @@ def write_report(path: Path, results: dict, ckpt: Path, modalities: list[str]) -
 def load_for_eval(directory: Path, device: torch.device) -> tuple[Crema, PromptConfig, dict]:
     """(the model a checkpoint was trained with, its weights loaded strictly; the prompt it was
     trained with; the checkpoint's state)."""
-    state = checkpoint.read_state(directory)
+    state = checkpoint.verify(directory)
     if "prompt" not in state:
         raise checkpoint.CheckpointError(f"{directory}/{checkpoint.STATE} has no prompt config; it was written "
                                          f"by an older version of the trainer: train again to evaluate it")
     model = crema(CremaConfig.from_dict(state["model_config"]))
     checkpoint.load_model(model, directory)
     return model.to(device).eval(), PromptConfig(**state["prompt"]), state
+
+
+def check_features(directory: Path, state: dict, hashes: dict, modalities: list[str], *, allow_other: bool) -> None:
+    """Refuse features whose per-modality hash differs from those the checkpoint was trained on,
+    for the modalities evaluated (RunMismatch naming them), unless `allow_other` (then a warning)."""
+    trained = state.get("feature_hashes", {})
+    differ = [f"{m} ({trained.get(m, '<none>')} trained, {hashes.get(m)} here)"
+              for m in modalities if trained.get(m) != hashes.get(m)]
+    if not differ:
+        return
+    what = f"{directory} was trained on other features than the store's: {', '.join(differ)}"
+    if not allow_other:
+        raise checkpoint.RunMismatch(f"{what}. Evaluate on the store made with the checkpoint's features config, or "
+                                     f"pass eval.allow_other_features=true to compare across features deliberately.")
+    log.warning("%s; evaluating anyway (eval.allow_other_features=true)", what)
 
 
 def _subsets(chosen: dict, trained: list[str]) -> list[list[str]]:
@@ -109,11 +124,10 @@ def run_eval(cfg: DictConfig) -> list[dict]:
     device = pick_device(cfg.device)
     directory = checkpoint.resolve(cfg.ckpt, "best")
     model, prompt, state = load_for_eval(directory, device)
-    store = open_store(cfg, model.modalities)
-    if state.get("store_config_hash") not in (None, store.config_hash):
-        log.warning("%s was trained on features %s, evaluating on %s", directory, state["store_config_hash"],
-                    store.config_hash)
     chosen = to_plain(cfg.eval)
+    read = sorted({m for mods in _subsets(chosen, model.modalities) for m in mods})
+    store = open_store(cfg, read)
+    check_features(directory, state, store.hashes, read, allow_other=chosen["allow_other_features"])
     split = chosen["split"]
     ds = split_datasets(load_dataset(cfg.dataset), store, model.modalities, model.config.num_frames,
                         data=tc.data, prompt=prompt, splits=(split,))[split]

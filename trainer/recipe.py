@@ -15,20 +15,22 @@ they move; the other modalities' tokens come from their current weights without 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from core.datasets import load_dataset
-from core.features import config_hash
 from core.util import pick_device
 from model.crema import Crema
 from trainer import checkpoint
@@ -45,6 +47,14 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- training state
+
+
+def _records_identity(records) -> dict:
+    """How many questions a split has and a digest of which (with their videos and answers): a
+    store re-extracted with other videos, or edited annotations, make another run."""
+    rows = sorted((r.qid, r.video_id, r.question, r.answer, list(r.options)) for r in records)
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return {"questions": len(rows), "videos": len({r.video_id for r in records}), "digest": digest}
 
 
 @dataclass
@@ -78,6 +88,10 @@ class Trainer:
         if self.tc.num_threads:
             torch.set_num_threads(self.tc.num_threads)
         torch.manual_seed(cfg.seed)
+        # numpy's and python's global generators too: a checkpoint saves them, so a straight run and
+        # a resumed one agree on them only when every process starts them alike
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
         # denormal floats slow CPU steps down as training goes; flushed in every run, so that a
         # resumed run computes exactly what a straight one does
         torch.set_flush_denormal(True)
@@ -105,9 +119,13 @@ class Trainer:
             epochs=self.tc.epochs, schedule=self.tc.schedule, warmup_start_lr=self.tc.warmup_start_lr)
         self.state = TrainState()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.identity = self._identity()
+        self.run_id = checkpoint.run_id_of(self.identity)
+        self.resumed_from = None
         self._maybe_resume()
         self.model.mmqa.set_trainable([m for m in self.modalities if m not in self.state.exited])
-        self._log_setup()
+        if self.resumed_from is None:  # a resumed log already holds these rows
+            self._log_setup()
 
     def _build_model(self) -> Crema:
         widths = feature_widths(self.store, list(self.cfg.model.modalities))
@@ -122,51 +140,56 @@ class Trainer:
             warm_start(model, self.cfg.model.init)
         return model
 
-    def _resume_config(self) -> dict:
-        return {"model": dataclasses.asdict(self.model.config), "seed": self.cfg.seed,
-                "features": config_hash(self.cfg.features), "dataset": self.cfg.dataset.name,
-                "trainer": self.tc.resume_view()}
+    # ------------------------------------------------------------------ run identity and resume
+
+    def _identity(self) -> dict:
+        """What makes two runs the same run: a resume, pruning and the best pick accept only
+        checkpoints whose identity equals this (settings that change no result are left out)."""
+        return {"model": dataclasses.asdict(self.model.config), "seed": self.cfg.seed, "dataset": self.cfg.dataset.name,
+                "features": {m: self.store.hashes[m] for m in self.modalities},
+                "trainer": self.tc.resume_view(),
+                "data": {split: _records_identity(ds.records) for split, ds in self.data.items()}}
 
     def _maybe_resume(self) -> None:
         mode = self.tc.resume
+        checkpoint.clean_temporaries(self.run_dir)
         if mode == "never":
             if self.ckpt_dir.exists():
                 log.warning("trainer.resume=never: deleting the old checkpoints in %s", self.ckpt_dir)
                 shutil.rmtree(self.ckpt_dir)
-            if self.log.path.exists():
-                self.log.path.unlink()
+            self.log.reset()
             return
-        directory = None
-        if mode == "auto":
-            found = checkpoint.checkpoints(self.ckpt_dir, "last")
-            directory = found[-1] if found else None
-        elif mode:
-            directory = checkpoint.resolve(mode, "last")
+        checkpoint.clean_temporaries(self.ckpt_dir)
+        checkpoint.refuse_other_runs(self.ckpt_dir, self.run_id, self.identity)
+        directory = checkpoint.newest_valid_last(self.ckpt_dir) if mode == "auto" else self._explicit(mode)
         if directory is None:
-            if self.log.path.exists():  # metrics of a run that never checkpointed: start afresh
-                self.log.path.unlink()
+            self.log.reset()  # metrics of a run that never checkpointed: start afresh
             return
         saved = checkpoint.read_state(directory)
-        mine = self._resume_config()
-        if saved["resume_config"] != mine:
-            diff = sorted(k for k in set(mine) | set(saved["resume_config"])
-                          if mine.get(k) != saved["resume_config"].get(k))
-            raise checkpoint.CheckpointError(
-                f"{directory} was made by a run with other settings ({', '.join(diff)} differ). Resume with the "
-                f"same config, pass run_dir=<new folder>, or trainer.resume=never to start over in {self.run_dir}.")
         checkpoint.load_model(self.model, directory)
         checkpoint.load_optimizer(self.model, self.optimizer, directory, saved["optimizer_groups"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState(**saved["train_state"])
         checkpoint.restore_rng(directory, saved["rng"])
-        self._truncate_log(self.state.step)
+        self.log.truncate(saved["metrics_lines"])
+        # a kill between a save and its pruning left one checkpoint too many: finish that step
+        checkpoint.prune(self.ckpt_dir, "last", self.tc.keep_last, self.run_id)
+        checkpoint.prune_best(self.ckpt_dir, self.run_id)
+        self.resumed_from = directory
         log.info("resumed from %s (epoch %d, batch %d, step %d)", directory, self.state.epoch,
                  self.state.batch, self.state.step)
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop metric rows written after the checkpoint (a killed run may have gone further)."""
-        rows = [r for r in self.log.read() if r.get("step", 0) <= step or r["event"] in ("setup", "data")]
-        self.log.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    def _explicit(self, path: str) -> Path:
+        directory = checkpoint.resolve(path, "last")
+        saved = checkpoint.verify(directory)
+        if saved.get("kind") != "last":
+            raise checkpoint.CheckpointError(
+                f"trainer.resume={path}: a {saved.get('kind')} checkpoint holds weights only (no optimizer, RNG or "
+                f"position); resume from a last-* checkpoint")
+        if saved.get("run_id") != self.run_id:
+            raise checkpoint.mismatch(directory, saved, self.identity)
+        checkpoint.drop_later_lasts(self.ckpt_dir, directory, self.run_id)
+        return directory
 
     def _log_setup(self) -> None:
         groups = self.model.module_parameters()
@@ -188,6 +211,8 @@ class Trainer:
         """Run (or continue) training until the last epoch, max_steps, or every modality exited."""
         tc = self.tc
         self.model.train()
+        if tc.max_steps and self.state.step >= tc.max_steps:
+            return self.state  # already there (a resume with the same or a lower max_steps)
         while self.state.epoch < tc.epochs and not self.state.finished:
             if self._train_epoch():
                 return self.state  # max_steps reached mid-run: checkpointed, not finished
@@ -295,7 +320,8 @@ class Trainer:
                  f"{summary['chance']:.1f}%" if summary["chance"] is not None else "n/a")
         if not st.best or summary["strict"] > st.best["strict"]:
             st.best = {"epoch": st.epoch, "step": st.step, "strict": summary["strict"], "lenient": summary["lenient"]}
-            checkpoint.save(self.ckpt_dir, "best", st.step, model=self.model, state=self._state_json())
+            checkpoint.save(self.ckpt_dir, "best", step=st.step, epoch=st.epoch, model=self.model,
+                            state=self._state_json(), keep=None, run_id=self.run_id)
         st.epoch += 1
         st.batch, st.grad_sum, st.grad_count, st.loss_sum, st.loss_count = 0, {}, {}, 0.0, 0
         if not self._active():
@@ -306,20 +332,24 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _state_json(self) -> dict:
+        self.log.sync()
         return {"model_config": dataclasses.asdict(self.model.config), "prompt": dataclasses.asdict(self.tc.prompt),
-                "resume_config": self._resume_config(),
+                "run": self.identity, "feature_hashes": self.identity["features"],
                 "train_state": dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
-                "store_config_hash": self.store.config_hash}
+                "metrics_lines": self.log.lines}
 
     def _save_last(self) -> Path:
-        return checkpoint.save(self.ckpt_dir, "last", self.state.step, model=self.model, state=self._state_json(),
-                               optimizer=self.optimizer, keep=self.tc.keep_last)
+        saved = checkpoint.save(self.ckpt_dir, "last", step=self.state.step, epoch=self.state.epoch, model=self.model,
+                                state=self._state_json(), optimizer=self.optimizer, keep=self.tc.keep_last,
+                                run_id=self.run_id)
+        checkpoint.prune_best(self.ckpt_dir, self.run_id)  # only now is the previous best unreferenced
+        return saved
 
     # ------------------------------------------------------------------ test
 
     def test(self) -> dict:
         """Evaluate the best-on-validation weights on val and test; write report.md."""
-        best = checkpoint.resolve(self.ckpt_dir, "best")
+        best = self._best_checkpoint()
         checkpoint.load_model(self.model, best)
         results = {}
         for split in ("val", "test"):
@@ -335,3 +365,14 @@ class Trainer:
         write_report(self.run_dir / "report.md", results, best, self.modalities)
         plot_curves(self.log.read(), self.run_dir / "curves.png")
         return results
+
+    def _best_checkpoint(self) -> Path:
+        """This run's best-on-validation checkpoint, the one its state names (never another run's)."""
+        best = self.state.best
+        if not best:
+            raise checkpoint.CheckpointError(f"{self.run_dir}: no epoch finished, so there is no best checkpoint")
+        directory = self.ckpt_dir / checkpoint.name("best", best["step"], best["epoch"])
+        saved = checkpoint.read_state(directory)
+        if saved.get("run_id") != self.run_id:
+            raise checkpoint.mismatch(directory, saved, self.identity)
+        return directory

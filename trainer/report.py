@@ -3,28 +3,81 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from core.util import write_text_atomic
+from trainer.killpoints import reached
+
+log = logging.getLogger(__name__)
+
 
 class MetricsLog:
-    """Append-only JSON lines: one object per event ("step", "epoch", "eval", "data", "test", ...)."""
+    """Append-only JSON lines: one object per event ("step", "epoch", "eval", "data", "test", ...).
+
+    A checkpoint records how many lines the log had when it was saved (`lines`); a resume keeps
+    exactly those (`truncate`), so rows written after the checkpoint, or a line torn by a kill,
+    are dropped and rewritten by the resumed run instead of appearing twice.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines = len(self._complete_lines())
 
     def write(self, event: str, **fields) -> dict:
         row = {"event": event, "time": round(time.time(), 3), **fields}
+        text = json.dumps(row, sort_keys=True) + "\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+            # two writes so that the kill tests can tear a line exactly as a kill mid-write does
+            f.write(text[: len(text) // 2])
+            f.flush()
+            reached("metrics:torn")
+            f.write(text[len(text) // 2:])
+        self.lines += 1
         return row
 
-    def read(self) -> list[dict]:
+    def sync(self) -> None:
+        """fsync the log, so that the line count a checkpoint records is on disk before it."""
+        if self.path.exists():
+            with open(self.path, "rb+") as f:
+                os.fsync(f.fileno())
+
+    def _complete_lines(self) -> list[str]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [line for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+    def truncate(self, lines: int) -> None:
+        """Keep the first `lines` complete lines (atomically rewritten): the log as a checkpoint saw it."""
+        kept = self._complete_lines()[:lines]
+        if len(kept) < lines:
+            log.warning("%s has %d complete lines, the checkpoint saw %d: %d rows were lost outside the trainer",
+                        self.path, len(kept), lines, lines - len(kept))
+        write_text_atomic(self.path, "".join(kept))
+        self.lines = len(kept)
+
+    def reset(self) -> None:
+        """Start an empty log (a run that starts over)."""
+        self.path.unlink(missing_ok=True)
+        self.lines = 0
+
+    def read(self) -> list[dict]:
+        """Every row that parses; a torn or garbled line is skipped and reported with its number."""
+        if not self.path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                log.warning("%s line %d is torn or garbled (a killed write?): skipped: %.60r", self.path, number, line)
+        return rows
 
 
 def plot_curves(rows: list[dict], out: Path) -> Path:
