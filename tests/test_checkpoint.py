@@ -113,7 +113,7 @@ def test_another_run_in_the_run_dir_is_refused_naming_the_keys(run):
 
 @pytest.mark.parametrize("change, key", [("trainer.early_exit.tau=1.8", "trainer.early_exit.tau"),
                                          ("trainer.bf16=false", "trainer.bf16"),
-                                         ("trainer.early_exit.enabled=false", "trainer.early_exit.enabled")])
+                                         ("trainer.early_exit.enabled=true", "trainer.early_exit.enabled")])
 def test_resume_refuses_settings_that_change_results(run, change, key):
     with pytest.raises(checkpoint.RunMismatch, match=key):
         Trainer(run("trainer.max_steps=6", change))

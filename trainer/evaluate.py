@@ -100,6 +100,10 @@ def load_for_eval(directory: Path, device: torch.device) -> tuple[Crema, PromptC
 def check_features(directory: Path, state: dict, hashes: dict, modalities: list[str], *, allow_other: bool) -> None:
     """Refuse features whose per-modality hash differs from those the checkpoint was trained on,
     for the modalities evaluated (RunMismatch naming them), unless `allow_other` (then a warning)."""
+    if "imported_from" in state:  # the reference's own extraction: no hash of ours to compare with
+        log.info("%s was converted from %s: its features config is the reference's, not compared with the store's",
+                 directory, state["imported_from"].get("file"))
+        return
     trained = state.get("feature_hashes", {})
     differ = [f"{m} ({trained.get(m, '<none>')} trained, {hashes.get(m)} here)"
               for m in modalities if trained.get(m) != hashes.get(m)]

@@ -1,6 +1,6 @@
 """CREMA's released checkpoints <-> this project's checkpoints (scripts/import_ckpt.py).
 
-    make import-ckpt SRC=crema_initial.pth DATASET=nextqa          # .pth -> outputs/imported/crema_initial/best-000000
+    make import-ckpt SRC=crema_initial.pth DATASET=nextqa          # .pth -> outputs/imported/crema_initial/best-000000-e000
     make import-ckpt SRC=outputs/imported/nextqa_vdfn ARGS="dest=back.pth"   # a checkpoint -> the reference's .pth
 
 Import: the file is read with torch.load(weights_only=True) (a pickle that needs more is refused),
@@ -32,7 +32,7 @@ from model.reference_ckpt import (REFERENCE_NAMES, ConversionError, architecture
 from trainer import checkpoint
 from trainer.config import TrainerConfig
 
-EXTRA = "reference_extra.safetensors"  # beside best-000000/: what the import left, for the export
+EXTRA = "reference_extra.safetensors"  # beside best-000000-e000/: what the import left, for the export
 
 
 class _Weights:
@@ -87,7 +87,7 @@ def import_reference(cfg: DictConfig) -> Path:
         _write_extra(out, state, conv, source["sha256"])
     else:
         (out / EXTRA).unlink(missing_ok=True)
-    directory = checkpoint.save(out, "best", 0, model=_Weights(conv.tensors), state=state_json)
+    directory = checkpoint.save(out, "best", step=0, epoch=0, model=_Weights(conv.tensors), state=state_json)
     _print_import(src, directory, conv, modalities)
     return directory
 
