@@ -15,7 +15,7 @@ from media import bar_frame, write_vfr_video, write_video
 from pipeline.decode import DECODE_VERSION, DecodeConfig, decode_stream, decode_video, target_size
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DECODERS = ["decord", "pyav"]
+DECODERS = ["torchcodec", "decord", "pyav"]
 
 
 def _refuse(*args, **kwargs):
@@ -24,10 +24,9 @@ def _refuse(*args, **kwargs):
 
 @pytest.fixture
 def decoder(request, monkeypatch):
-    """Runs the test once per decoder: "pyav" makes decord refuse every file."""
-    if request.param == "pyav":
-        monkeypatch.setattr(dec, "_decode_decord", _refuse)
-        monkeypatch.setattr(dec, "_stream_decord", _refuse)
+    """Runs the test once per decoder: that decoder alone is tried (the same cases for each
+    decoder are the parity test: same frames by presentation time, same rotation, same size)."""
+    monkeypatch.setattr(dec, "DEFAULT_DECODERS", (request.param,))
     return request.param
 
 
