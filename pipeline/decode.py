@@ -312,14 +312,16 @@ def _torchcodec_reader(path: str, max_side: int | None, device: str, n: int):
     from torchcodec.decoders import VideoDecoder
     from torchcodec.transforms import Resize
 
-    probe = VideoDecoder(path, dimension_order="NHWC", device=device)
-    w, h = probe.metadata.width, probe.metadata.height  # upright: torchcodec applies the rotation
+    # The header alone gives the upright size (torchcodec applies the rotation itself); the exact
+    # decoder (which scans the file once) is then opened with the resize it needs.
+    meta = VideoDecoder(path, seek_mode="approximate").metadata
+    w, h = meta.width, meta.height
     size = target_size(w, h, max_side)
-    if len(probe) != n:
-        raise DecodeError(f"torchcodec counts {len(probe)} frames, the demuxer {n}")
-    if size == (w, h):
-        return probe
-    return VideoDecoder(path, dimension_order="NHWC", device=device, transforms=[Resize((size[1], size[0]))])
+    resize = [Resize((size[1], size[0]))] if size != (w, h) else None
+    decoder = VideoDecoder(path, dimension_order="NHWC", device=device, transforms=resize)
+    if len(decoder) != n:
+        raise DecodeError(f"torchcodec counts {len(decoder)} frames, the demuxer {n}")
+    return decoder
 
 
 def _gather_torchcodec(decoder, groups: list[np.ndarray]) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from core import random_weights
 from core.datasets import load_dataset
 from core.features import config_hash
 from core.util import pick_device
@@ -302,7 +303,8 @@ class Trainer:
         return {"model_config": dataclasses.asdict(self.model.config), "prompt": dataclasses.asdict(self.tc.prompt),
                 "resume_config": self._resume_config(),
                 "train_state": dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
-                "store_config_hash": self.store.config_hash}
+                "store_config_hash": self.store.config_hash,
+                "weights": random_weights.mode(self.cfg)}  # random: a dry run's checkpoint, not a model
 
     def _save_last(self) -> Path:
         return checkpoint.save(self.ckpt_dir, "last", self.state.step, model=self.model, state=self._state_json(),
