@@ -8,7 +8,7 @@ config before anything is built, so the rest of the code runs unchanged:
   features hash, so a random-weight store never takes real features (or the reverse), and the
   store's meta records `weights: random` per stage;
 * the trainer's frozen BLIP-2 / Flan-T5 are random-init from the model config's own sizes
-  (`model.pretrained=false`), and `check_store_weights` refuses a store whose features were made
+  (`model.pretrained=false`; the tokenizer is ByT5's, which needs no download), and `check_store_weights` refuses a store whose features were made
   with the other kind of weights, naming it (the hash check alone would only say "another config").
 
 What it is for: dry runs, benchmarks and planning (speed and memory do not depend on the weights'
@@ -72,6 +72,8 @@ def apply(cfg: DictConfig) -> DictConfig:
         with open_dict(cfg.model):
             cfg.model.pretrained = False
             cfg.model.seed = seed
+            if cfg.model.get("tokenizer") == "pretrained":  # the T5 checkpoint's: a download
+                cfg.model.tokenizer = "byt5"
     return cfg
 
 

@@ -1,9 +1,9 @@
 """Decode a video ONCE: time-sampled RGB frames (+ the next frame of each, for flow) and 16 kHz audio.
 
-The decoders are tried in the order `features.decode.resources.decoders` names (torchcodec,
-decord, PyAV); each one that refuses a file hands it to the next, and the payload's `decoder` says
-which one decoded it. PyAV (which bundles its own FFmpeg) is the last resort: it decodes what the
-others reject (decord 0.6 has no AV1 decoder). torchcodec needs the system's FFmpeg libraries
+The decoders are tried in the order `features.decode.resources.decoders` names (PyAV, decord,
+torchcodec in the presets: the measured order, docs/benchmarks.md); each one that refuses a file
+hands it to the next, and the payload's `decoder` says which one decoded it. PyAV bundles its own
+FFmpeg and decodes AV1, which decord 0.6 cannot open. torchcodec needs the system's FFmpeg libraries
 (scripts/setup.sh installs them); `decode.resources.device: cuda` makes it decode on the GPU
 (NVDEC). A folder of images is accepted as a video too (multi-view scenes such as SQA3D's). Every
 failure is a `DecodeError` with a reason a user can act on.
@@ -56,8 +56,10 @@ PYAV_INTERPOLATION = "BILINEAR"
 # that frame's (decord's float32 timestamps, float rounding of segment midpoints that fall on a frame).
 TIME_TOLERANCE = 0.01
 DECORD_CHUNK = 2  # frames per decord get_batch call: a stored frame and its next one (bounds the copy)
-# The order decoders are tried in when the preset names none (features.decode.resources.decoders).
-DEFAULT_DECODERS = ("decord", "pyav")
+# The order decoders are tried in when the preset names none (features.decode.resources.decoders):
+# PyAV was the fastest (kept frames/s and CPU seconds) and smallest (peak memory) of the three on
+# every kind of media measured (docs/benchmarks.md, decoder table); decord next, torchcodec last.
+DEFAULT_DECODERS = ("pyav", "decord", "torchcodec")
 DECODERS = ("torchcodec", "decord", "pyav")
 DEVICES = ("cpu", "cuda")
 

@@ -63,6 +63,9 @@ def test_every_decoder_refusing_names_each_reason(tmp_path):
 def test_the_decoder_order_and_device_are_runtime_switches_in_the_presets():
     for preset in ("tiny", "full"):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            measured = compose(config_name="extract", overrides=[f"features={preset}"]).features.decode
+        assert DecodeConfig.from_cfg(measured).decoders == dec.DEFAULT_DECODERS == ("pyav", "decord", "torchcodec")
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             node = compose(config_name="extract", overrides=[f"features={preset}",
                                                                "features.decode.resources.decoders=[pyav]",
                                                                "features.decode.resources.device=cuda"]).features

@@ -50,7 +50,7 @@ def test_every_learned_stage_of_the_full_preset_becomes_full_size_random():
 
 def test_ast_and_the_trainer_models_follow_the_switch():
     cfg = random_weights.apply(app("train", "weights=random", "extractor@features.extractors.audio=audio"))
-    assert cfg.model.pretrained is False and cfg.features.extractors.audio.random_init == {"model": {}}
+    assert cfg.model.pretrained is False and cfg.model.tokenizer == "byt5" and cfg.features.extractors.audio.random_init == {"model": {}}
     with torch.device("meta"):
         ast = audio.build_random(cfg.features.extractors.audio)
     assert ast.config.hidden_size == 768 and ast.config.num_hidden_layers == 12
