@@ -28,7 +28,9 @@ GIB = 1 << 30
 
 
 def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and everything under it (0 once it is gone)."""
+    """Proportional resident bytes (PSS: a page shared by n processes counts 1/n in each) of a
+    process and everything under it (0 once it is gone). Plain RSS would count the pages that
+    forked children (DataLoader workers) share with their parent once per process."""
     try:
         procs = [psutil.Process(pid)]
         procs += procs[0].children(recursive=True)
@@ -37,7 +39,7 @@ def tree_rss(pid: int) -> int:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
         except psutil.Error:
             pass
     return total
@@ -66,7 +68,7 @@ def run_measured(name: str, argv: list[str], log: Path, timeout_s: float) -> dic
         sampler.join()
     wall = time.perf_counter() - t0
     print(f"dryrun: {name}: exit {rc} in {wall:.0f} s, peak {peak[0] / GIB:.1f} GiB (log: {log})", flush=True)
-    return {"exit": rc, "wall_s": round(wall, 1), "peak_rss_gib": round(peak[0] / GIB, 2), "log": str(log)}
+    return {"exit": rc, "wall_s": round(wall, 1), "peak_pss_gib": round(peak[0] / GIB, 2), "log": str(log)}
 
 
 def stored_shapes(store: Path) -> dict:
@@ -105,6 +107,8 @@ def main(argv: list[str]) -> dict:
         run_dir = out / "train"
         train = run_measured("train", [py, "scripts/train.py", *common, f"run_dir={run_dir}",
                                        f"trainer.max_steps={args.steps}", "trainer.batch_size=1", "trainer.log_every=1",
+                                       # no forked loader workers: each would share (and touch) the ~17 GiB parent
+                                       "trainer.data.num_workers=0",
                                        "trainer.resume=never"], out / "train.log", args.timeout)
         result.update(train=train, steps=training_steps(run_dir))
     ok = extract["exit"] == 0 and result.get("train", {}).get("exit") == 0 and len(result.get("steps", [])) == args.steps
