@@ -51,7 +51,7 @@ run_extract() {  # name, extra overrides...
     >"$OUT/smi_$name.csv" 2>/dev/null &
   local smi=$!
   local t0=$(date +%s)
-  timeout 200 $PY scripts/extract.py "${COMMON[@]}" store.shard_size=4 out="$OUT/$name" "$@" >"$OUT/extract_$name.log" 2>&1
+  timeout 180 $PY scripts/extract.py "${COMMON[@]}" store.shard_size=4 out="$OUT/$name" "$@" >"$OUT/extract_$name.log" 2>&1
   local rc=$?
   kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
   echo "$(( $(date +%s) - t0 ))" >"$OUT/wall_$name.txt"
@@ -64,9 +64,9 @@ run_extract stages plan.mode=stages \
   features.extractors.flow.dtype=bfloat16 features.extractors.audio.dtype=bfloat16
 
 # -- 2. NVDEC through torchcodec: the GPU test, then frames/s GPU vs CPU on the demo videos
-timeout 60 $PY -m pytest -q tests/test_decode_torchcodec.py -k gpu >"$OUT/nvdec_test.log" 2>&1
+timeout 45 $PY -m pytest -q tests/test_decode_torchcodec.py -k gpu >"$OUT/nvdec_test.log" 2>&1
 status nvdec_test $?
-timeout 90 $PY - "$DATA" "$OUT/nvdec.json" <<'EOF' >"$OUT/nvdec.log" 2>&1
+timeout 60 $PY - "$DATA" "$OUT/nvdec.json" <<'EOF' >"$OUT/nvdec.log" 2>&1
 import json, sys, time
 from pathlib import Path
 from pipeline.decode import DecodeConfig, decode_video
@@ -86,13 +86,13 @@ status nvdec_bench $?
 
 # -- 3. full-size training steps (bf16 autocast: conf/trainer/full.yaml) on the fused store
 t0=$(date +%s)
-timeout 240 $PY scripts/train.py "${COMMON[@]}" out="$OUT/fused" run_dir="$OUT/train" trainer.max_steps=20 \
+timeout 150 $PY scripts/train.py "${COMMON[@]}" out="$OUT/fused" run_dir="$OUT/train" trainer.max_steps=20 \
   trainer.batch_size=4 trainer.resume=never >"$OUT/train.log" 2>&1
 status train $?
 echo "$(( $(date +%s) - t0 ))" >"$OUT/wall_train.txt"
 
 # -- results: finiteness of every stored array, per-stage seconds, GPU peaks -> gpu.json / gpu.md
-timeout 120 $PY - "$OUT" <<'EOF'
+timeout 60 $PY - "$OUT" <<'EOF'
 import csv, json, sys
 from pathlib import Path
 import numpy as np
