@@ -23,7 +23,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval import-ckpt score params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -65,6 +65,9 @@ import: $(STAMP)  ## HDF5 features -> a new store: make import FORMAT=h5 OUT=/tm
 
 verify: $(STAMP)  ## check every shard of a store against its marker's checksums: make verify DATASET=demo [OUT=...]
 	$(PY) scripts/verify.py $(HYDRA_DATASET) out=$(OUT) $(ARGS)
+
+dryrun: $(STAMP)  ## full presets, random weights, a few demo videos, a few full-size training steps (minutes, ~12 GiB; not in CI): make dryrun [OUT=outputs/dryrun]
+	$(PY) scripts/dryrun.py --out $(if $(filter outputs/features,$(OUT)),outputs/dryrun,$(OUT)) $(ARGS)
 
 preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.hub import ModelUnavailableError
-from core.util import file_sha256
+from core.hub import ModelUnavailableError, seeded
+from core.util import file_sha256, to_plain
 from extractors import hub
 from extractors.audio import add_audio_features, chunk_windows
 
@@ -286,6 +286,13 @@ def load_beats(path: Path) -> tuple[Beats, dict]:
     return model.eval(), meta
 
 
+def build_random(cfg) -> Beats:
+    """BEATs of `cfg.random_init.model`'s architecture (BeatsConfig's defaults: iter3+ AS2M), seeded."""
+    spec = to_plain(cfg.random_init)
+    with seeded(cfg.seed):
+        return Beats(BeatsConfig.from_dict((spec.get("model") if isinstance(spec, dict) else None) or {})).eval()
+
+
 @functools.lru_cache(maxsize=4)
 def _kaldi_bank(sample_rate: int, num_mel_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """(povey window, Kaldi mel filters) for 25 ms frames, built once per process."""
@@ -333,9 +340,12 @@ class BeatsExtractor:
         self.cfg = cfg
         self.device, self.dtype, _, _ = hub.runtime(cfg)
         path = beats_file(cfg)
-        if not path.is_file():
+        if cfg.get("random_init"):  # weights=random: the same architecture, seeded random weights
+            model, meta = build_random(cfg), hub.random_init_meta(Beats, cfg)
+        elif not path.is_file():
             raise missing_weights(path, cfg)
-        model, meta = load_beats(path)
+        else:
+            model, meta = load_beats(path)
         expected = self.spec_for(cfg)["audio"][0][1:]
         p, dim = model.cfg.input_patch_size, model.cfg.encoder_embed_dim
         got = ((int(cfg.chunk_frames) // p) * (int(cfg.num_mel_bins) // p), dim)

@@ -1,8 +1,12 @@
 """Decode a video ONCE: time-sampled RGB frames (+ the next frame of each, for flow) and 16 kHz audio.
 
-decord is tried first; PyAV (which bundles its own FFmpeg) decodes what decord rejects. A folder of
-images is accepted as a video too (multi-view scenes such as SQA3D's). Every failure is a
-`DecodeError` with a reason a user can act on.
+The decoders are tried in the order `features.decode.resources.decoders` names (PyAV, decord,
+torchcodec in the presets: the measured order, docs/benchmarks.md); each one that refuses a file
+hands it to the next, and the payload's `decoder` says which one decoded it. PyAV bundles its own
+FFmpeg and decodes AV1, which decord 0.6 cannot open. torchcodec needs the system's FFmpeg libraries
+(scripts/setup.sh installs them); `decode.resources.device: cuda` makes it decode on the GPU
+(NVDEC). A folder of images is accepted as a video too (multi-view scenes such as SQA3D's). Every
+failure is a `DecodeError` with a reason a user can act on.
 
 What a decode costs is what it keeps (`decode.version: 2` in conf/features/*.yaml):
 
@@ -22,6 +26,10 @@ What a decode costs is what it keeps (`decode.version: 2` in conf/features/*.yam
   before it). For a constant frame rate this is exactly the old segment midpoint index
   (`segment_indices`). `timestamps` are the kept frames' own presentation times, in seconds from
   the video stream's start.
+* torchcodec is asked for frames by index in presentation order (its exact seek mode) at the
+  upright stored size (its FFmpeg filter graph resizes; it applies the display matrix itself), a
+  few frames per call (bounded memory). The frame times come from PyAV's packet timeline (demuxing
+  only), so all decoders choose the same frames; a frame count that disagrees refuses the file.
 * The PyAV fallback streams: it reads the packet timeline (no decoding), then decodes from the
   keyframe before each wanted frame (seeking when a keyframe lies between the current position
   and the next wanted frame, decoding straight on otherwise) and converts only the wanted frames.
@@ -48,6 +56,12 @@ PYAV_INTERPOLATION = "BILINEAR"
 # that frame's (decord's float32 timestamps, float rounding of segment midpoints that fall on a frame).
 TIME_TOLERANCE = 0.01
 DECORD_CHUNK = 2  # frames per decord get_batch call: a stored frame and its next one (bounds the copy)
+# The order decoders are tried in when the preset names none (features.decode.resources.decoders):
+# PyAV was the fastest (kept frames/s and CPU seconds) and smallest (peak memory) of the three on
+# every kind of media measured (docs/benchmarks.md, decoder table); decord next, torchcodec last.
+DEFAULT_DECODERS = ("pyav", "decord", "torchcodec")
+DECODERS = ("torchcodec", "decord", "pyav")
+DEVICES = ("cpu", "cuda")
 
 # What the PyAV decoder did in this process (tests read it): frames decoded, frames converted to
 # RGB arrays (only the kept ones), seeks.
@@ -67,8 +81,18 @@ class DecodeConfig:
     image_fps: float = 3.0  # frame rate assumed for folders of images
     streams: tuple[str, ...] = ()  # sensor-stream modalities to decode beside the RGB video
     version: int = DECODE_VERSION  # what decoding means (see the module doc); hashed with the rest
+    # Runtime choices (decode.resources: not hashed; the payload records the decoder used).
+    decoders: tuple[str, ...] | None = None  # tried in this order; None: DEFAULT_DECODERS
+    device: str = "cpu"  # "cuda": torchcodec decodes on the GPU (NVDEC)
 
     def __post_init__(self):
+        if self.decoders is None:
+            object.__setattr__(self, "decoders", DEFAULT_DECODERS)
+        unknown = [d for d in self.decoders if d not in DECODERS]
+        if unknown or not self.decoders:
+            raise ValueError(f"features.decode.resources.decoders {list(self.decoders)}: choose from {list(DECODERS)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"features.decode.resources.device {self.device!r}: choose from {list(DEVICES)}")
         if self.version != DECODE_VERSION:
             raise ValueError(f"features.decode.version {self.version} is not available: this code decodes as "
                              f"version {DECODE_VERSION} (pipeline/decode.py); a store made with another version "
@@ -79,6 +103,11 @@ class DecodeConfig:
         keys = cls.__dataclass_fields__
         out = {k: cfg[k] for k in keys if k in cfg}
         out["streams"] = tuple(out.get("streams") or ())
+        res = cfg.get("resources") or {}
+        if res.get("decoders"):
+            out["decoders"] = tuple(res["decoders"])
+        if res.get("device"):
+            out["device"] = str(res["device"])
         return cls(**out)
 
 
@@ -257,6 +286,76 @@ def _decode_decord(path: str, cfg: DecodeConfig, start, end) -> dict:
     outs = _gather_decord(vr, _groups(idx, n))
     return {"frames": outs[0], "next_frames": outs[1] if len(outs) > 1 else None, "frame_indices": idx,
             "timestamps": times[idx], "fps": fps, "num_frames": n, "decoder": "decord", "span": span}
+
+# ------------------------------------------------------------------------------------ torchcodec
+
+
+def _pyav_times(path: str) -> tuple[np.ndarray, float]:
+    """Every frame's presentation time (seconds from the video stream's start, sorted) and the
+    mean frame rate, from the demuxer alone (no decoding)."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+        tb, start = stream.time_base, stream.start_time
+        pts, _ = _pyav_timeline(container, stream)
+    if not pts or any(p is None for p in pts):
+        raise DecodeError("the packets carry no timestamps")
+    order = np.sort(np.asarray(pts, np.int64))
+    origin = start if start is not None else int(order[0])
+    return (order - origin).astype(np.float64) * tb.numerator / tb.denominator, fps
+
+
+def _torchcodec_reader(path: str, max_side: int | None, device: str, n: int):
+    """A torchcodec VideoDecoder returning upright uint8 [N, H, W, 3] frames at their stored size."""
+    from torchcodec.decoders import VideoDecoder
+    from torchcodec.transforms import Resize
+
+    # The header alone gives the upright size (torchcodec applies the rotation itself); the exact
+    # decoder (which scans the file once) is then opened with the resize it needs.
+    meta = VideoDecoder(path, seek_mode="approximate").metadata
+    w, h = meta.width, meta.height
+    size = target_size(w, h, max_side)
+    resize = [Resize((size[1], size[0]))] if size != (w, h) else None
+    decoder = VideoDecoder(path, dimension_order="NHWC", device=device, transforms=resize)
+    if len(decoder) != n:
+        raise DecodeError(f"torchcodec counts {len(decoder)} frames, the demuxer {n}")
+    return decoder
+
+
+def _gather_torchcodec(decoder, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """As `_gather_decord`: each distinct frame decoded once, a few per call, copied to host memory."""
+    want = np.unique(np.concatenate(groups))
+    outs: list[np.ndarray] | None = None
+    for k in range(0, len(want), DECORD_CHUNK):
+        chunk = want[k : k + DECORD_CHUNK]
+        batch = decoder.get_frames_at(chunk.tolist()).data.cpu().numpy()
+        if outs is None:
+            outs = [np.empty((len(g),) + batch.shape[1:], np.uint8) for g in groups]
+        for j, i in enumerate(chunk):
+            for g, out in zip(groups, outs):
+                out[g == i] = batch[j]
+        del batch
+    return outs
+
+
+def _decode_torchcodec(path: str, cfg: DecodeConfig, start, end) -> dict:
+    times, fps = _pyav_times(path)
+    n = len(times)
+    decoder = _torchcodec_reader(path, cfg.max_side, cfg.device, n)
+    idx, span = sample_by_time(times, cfg.num_frames_stored, start, end, fps)
+    outs = _gather_torchcodec(decoder, _groups(idx, n))
+    return {"frames": outs[0], "next_frames": outs[1] if len(outs) > 1 else None, "frame_indices": idx,
+            "timestamps": times[idx], "fps": fps, "num_frames": n, "decoder": "torchcodec", "span": span}
+
+
+def _stream_torchcodec(path: str, timestamps: np.ndarray, cfg: "DecodeConfig") -> np.ndarray:
+    times, _ = _pyav_times(path)
+    decoder = _torchcodec_reader(path, cfg.max_side, cfg.device, len(times))
+    return _gather_torchcodec(decoder, [nearest_frames(times, timestamps)])[0]
 
 
 # ------------------------------------------------------------------------------------------ PyAV
@@ -490,6 +589,21 @@ def decode_audio(path: str, sr: int, span: tuple[float, float] | None = None) ->
     return audio, None
 
 
+_NAMES = {"torchcodec": "torchcodec", "decord": "decord", "pyav": "PyAV"}
+
+
+def _first_that_decodes(decoders, prefix: str, path: str, *args):
+    """The result of the first decoder in `decoders` (`prefix + name` in this module, looked up at
+    call time) that decodes `path`; a DecodeError naming every decoder's reason when none does."""
+    reasons = []
+    for name in decoders:
+        try:
+            return globals()[prefix + name](path, *args)
+        except Exception as exc:  # a decoder's own error types vary; its reason is kept
+            reasons.append(f"{_NAMES[name]}: {_short(exc)}")
+    raise DecodeError(f"undecodable video ({'; '.join(reasons)})")
+
+
 def decode_video(path: str, cfg: DecodeConfig, start: int | None = None, end: int | None = None) -> dict:
     """Decode one video (file or image folder) into the payload fields of core.schema."""
     p = Path(path)
@@ -501,13 +615,7 @@ def decode_video(path: str, cfg: DecodeConfig, start: int | None = None, end: in
     else:
         if os.path.getsize(p) == 0:
             raise DecodeError(f"empty file (0 bytes): {path}")
-        try:
-            out = _decode_decord(str(p), cfg, start, end)
-        except Exception as first:
-            try:
-                out = _decode_pyav(str(p), cfg, start, end)
-            except Exception as second:
-                raise DecodeError(f"undecodable video (decord: {_short(first)}; PyAV: {_short(second)})") from None
+        out = _first_that_decodes(cfg.decoders, "_decode_", str(p), cfg, start, end)
         span = out.pop("span")
         trimmed = start is not None or end is not None
         if cfg.audio:
@@ -532,33 +640,30 @@ def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(np.abs(times[left] - wanted) <= np.abs(times[right] - wanted), left, right).astype(np.int64)
 
 
-def _stream_decord(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
-    vr = _decord_reader(path, max_side)
+def _stream_decord(path: str, timestamps: np.ndarray, cfg: "DecodeConfig") -> np.ndarray:
+    vr = _decord_reader(path, cfg.max_side)
     if len(vr) == 0:
         raise DecodeError("no decodable video frames")
     return _gather_decord(vr, [nearest_frames(_decord_times(vr), timestamps)])[0]
 
 
-def _stream_pyav(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
-    outs, _, _ = _pyav_gather(path, max_side, lambda times, n, fps: ([nearest_frames(times, timestamps)], None))
+def _stream_pyav(path: str, timestamps: np.ndarray, cfg: "DecodeConfig") -> np.ndarray:
+    outs, _, _ = _pyav_gather(path, cfg.max_side, lambda times, n, fps: ([nearest_frames(times, timestamps)], None))
     return outs[0]
 
 
-def decode_stream(path: str, timestamps: np.ndarray, max_side: int | None) -> np.ndarray:
+def decode_stream(path: str, timestamps: np.ndarray, max_side: int | None,
+                  cfg: DecodeConfig | None = None) -> np.ndarray:
     """A sensor video's frames nearest to `timestamps` (the RGB frames' times, seconds):
-    uint8 [F, H, W, 3], the longer side at most `max_side`. decord first, PyAV as the fallback."""
+    uint8 [F, H, W, 3], the longer side at most `max_side`; decoders tried in `cfg.decoders`' order."""
+    cfg = cfg or DecodeConfig()
     p = Path(path)
     if not p.is_file():
         raise DecodeError(f"file not found: {path}")
     if os.path.getsize(p) == 0:
         raise DecodeError(f"empty file (0 bytes): {path}")
-    try:
-        frames = _stream_decord(str(p), np.asarray(timestamps, np.float64), max_side)
-    except Exception as first:
-        try:
-            frames = _stream_pyav(str(p), np.asarray(timestamps, np.float64), max_side)
-        except Exception as second:
-            raise DecodeError(f"undecodable video (decord: {_short(first)}; PyAV: {_short(second)})") from None
+    cfg = DecodeConfig(max_side=max_side, decoders=cfg.decoders, device=cfg.device)
+    frames = _first_that_decodes(cfg.decoders, "_stream_", str(p), np.asarray(timestamps, np.float64), cfg)
     return _resize(frames, max_side)
 
 

@@ -248,7 +248,7 @@ class DecodeStage:
             try:
                 if not path:
                     raise DecodeError(f"the dataset names no {m} video for this clip")
-                video["images"][m] = self._call(STREAM_DECODER, path, video["timestamps"], self.cfg.max_side)
+                video["images"][m] = self._call(STREAM_DECODER, path, video["timestamps"], self.cfg.max_side, self.cfg)
             except Exception as exc:
                 entry = _entry("decode", exc)
                 video["errors"].append({**entry, "reason": f"{m} stream: {entry['reason']}"})

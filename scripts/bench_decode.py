@@ -1,5 +1,14 @@
 # make bench   (runs: python scripts/bench_decode.py [--minutes 5] [--uhd-seconds 10] [--frames 16 --max-side 640])
-"""Decode memory on this machine -> bench/results/decode.json (summarised in docs/benchmarks.md).
+#              python scripts/bench_decode.py --compare [--repeat 5]   (the decoder table only)
+"""Decode memory and decoder speed on this machine -> bench/results/decode.json and
+bench/results/decoders.json (summarised in docs/benchmarks.md).
+
+Decoder table (`--compare`): torchcodec, decord and PyAV on each kind of media the tests make
+(H.264 long, rotated, variable frame rate, AV1; 720p, made here), each decode in a fresh child
+process, the runs interleaved (repeat r: every video x every decoder, then r + 1) so that the
+machine's changing load falls on all decoders alike. Per run: wall seconds, CPU seconds of the
+child (user + system, all its threads), frames kept per wall second, peak RSS above the
+imported-everything baseline; the load average before and after is recorded. Medians reported.
 
 Makes (PyAV, x264 ultrafast, a moving bar over a still gradient: cheap to encode) a long 1080p video
 and a short 4K one in bench/tmp/, then decodes the stored frames of each with decord and with the
@@ -25,6 +34,7 @@ import platform
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
-def make_video(path: Path, width: int, height: int, seconds: float, fps: int = 30) -> Path:
-    """Low-complexity H.264 (yuv420p planes written directly: no RGB conversion per frame)."""
+def make_video(path: Path, width: int, height: int, seconds: float, fps: int = 30, codec: str = "libx264",
+               rotation: int | None = None, vfr: bool = False) -> Path:
+    """Low-complexity video (yuv420p planes written directly: no RGB conversion per frame), a
+    keyframe every 2 s. `rotation`: a display matrix; `vfr`: frame intervals alternating 1/fps and
+    3/fps, with a one-second hole every 10 s (what screen recorders and phones write)."""
     import av
 
     if path.exists():
@@ -44,16 +57,26 @@ def make_video(path: Path, width: int, height: int, seconds: float, fps: int = 3
     planes = np.empty((height * 3 // 2, width), np.uint8)
     luma = np.tile(np.linspace(16, 200, width, dtype=np.uint8), (height, 1))
     bar = max(8, width // 40)
+    speed = {"preset": "ultrafast", "crf": "28"} if codec == "libx264" else {"preset": "12", "crf": "40"}
     with av.open(str(tmp), "w") as c:
-        v = c.add_stream("libx264", rate=fps)
+        v = c.add_stream(codec, rate=fps)
         v.width, v.height, v.pix_fmt = width, height, "yuv420p"
-        v.options = {"preset": "ultrafast", "crf": "28", "g": str(2 * fps)}  # a keyframe every 2 s
+        v.options = {**speed, "g": str(2 * fps)}
+        if rotation is not None:
+            v.set_display_rotation(rotation)
+        if vfr:
+            v.time_base = v.codec_context.time_base = Fraction(1, 1000)
+        t = 0.0
         for i in range(int(seconds * fps)):
             planes[:height] = luma
             x = (i * 7) % (width - bar)
             planes[:height, x : x + bar] = 235
             planes[height:] = 128
-            for p in v.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")):
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            if vfr:
+                frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+                t += (1 if i % 2 else 3) / fps + (1.0 if i % (10 * fps) == 10 * fps - 1 else 0.0)
+            for p in v.encode(frame):
                 c.mux(p)
         for p in v.encode():
             c.mux(p)
@@ -76,28 +99,25 @@ def child(video: str, decoder: str, frames: int, max_side: int) -> dict:
     import cv2  # noqa: F401
     import decord  # noqa: F401
 
+    import torchcodec.decoders  # noqa: F401
+
     import pipeline.decode as dec
 
-    if decoder == "pyav":
-        def refuse(*a, **k):
-            raise RuntimeError("decord refused (benchmark)")
-
-        dec._decode_decord = refuse
-    cfg = dec.DecodeConfig(num_frames_stored=frames, max_side=max_side, audio=False)
+    cfg = dec.DecodeConfig(num_frames_stored=frames, max_side=max_side, audio=False, decoders=(decoder,))
     baseline = _status("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         hwm = "VmHWM"
     except OSError:
         hwm = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = dec.decode_video(video, cfg)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _status(hwm) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     kept = out["frames"].nbytes + (out["next_frames"].nbytes if out["next_frames"] is not None else 0)
     assert out["decoder"] == decoder, out["decoder"]
     return {"baseline_rss": baseline, "peak_delta": peak - baseline, "kept_bytes": kept,
-            "kept_shape": list(out["frames"].shape), "num_frames": out["num_frames"], "seconds": seconds,
+            "kept_shape": list(out["frames"].shape), "num_frames": out["num_frames"], "seconds": seconds, "cpu_seconds": cpu,
             "pyav_stats": dict(dec.pyav_stats), "hwm_reset": hwm is not None}
 
 
@@ -142,17 +162,88 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kind_videos(tmp: Path, seconds: float) -> dict[str, Path]:
+    """One 720p video per kind of media the tests make (tests/media.py), `seconds` long."""
+    w, h = 1280, 720
+    return {"h264 long": make_video(tmp / f"k_h264_{seconds:g}s.mp4", w, h, seconds),
+            "h264 rotated 90": make_video(tmp / f"k_rot90_{seconds:g}s.mp4", w, h, seconds, rotation=90),
+            "h264 VFR": make_video(tmp / f"k_vfr_{seconds:g}s.mp4", w, h, seconds, vfr=True),
+            "AV1": make_video(tmp / f"k_av1_{seconds:g}s.mp4", w, h, seconds, codec="libsvtav1")}
+
+
+def compare(videos: dict[str, Path], decoders: list[str], frames: int, max_side: int, repeat: int) -> list[dict]:
+    """Every (kind, decoder) `repeat` times, interleaved; a decoder that refuses a kind is noted."""
+    runs: dict[tuple[str, str], list] = {(k, d): [] for k in videos for d in decoders}
+    for _ in range(repeat):
+        for kind, video in videos.items():
+            for d in decoders:
+                load = os.getloadavg()[0]
+                try:
+                    r = run_child(video, d, frames, max_side)
+                except RuntimeError as exc:
+                    r = {"error": str(exc).strip().splitlines()[-1][:200]}
+                r["load_before"] = load
+                runs[(kind, d)].append(r)
+    rows = []
+    for (kind, d), rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        med = lambda key: float(np.median([r[key] for r in ok])) if ok else None  # noqa: E731
+        kept = 2 * ok[0]["kept_shape"][0] if ok else 0
+        rows.append({"kind": kind, "video": videos[kind].name, "decoder": d, "runs": rs, "ok": len(ok),
+                     "source_frames": ok[0]["num_frames"] if ok else None, "frames_decoded_out": kept,
+                     "wall_s": med("seconds"), "cpu_s": med("cpu_seconds"),
+                     "frames_per_s": kept / med("seconds") if ok else None,
+                     "peak_delta_mib": med("peak_delta") / MIB if ok else None,
+                     "error": None if ok else rs[0]["error"]})
+    return rows
+
+
+def compare_table(rows: list[dict]) -> str:
+    lines = ["| media (720p) | decoder | kept frames/s | wall s | CPU s | decode peak MiB |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['kind']} | {r['decoder']} | cannot open | | | |")
+            continue
+        lines.append(f"| {r['kind']} | {r['decoder']} | {r['frames_per_s']:.1f} | {r['wall_s']:.2f} "
+                     f"| {r['cpu_s']:.2f} | {r['peak_delta_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def main_compare(args, argv) -> dict:
+    tmp = Path(args.tmp)
+    t0 = time.perf_counter()
+    videos = kind_videos(tmp, args.kind_seconds)
+    made = time.perf_counter() - t0
+    load0 = os.getloadavg()
+    rows = compare(videos, args.decoders.split(","), args.frames, args.max_side, args.repeat)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+              "command": " ".join(["python scripts/bench_decode.py", *argv]), "make_videos_s": made,
+              "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+              "videos": {k: v.stat().st_size for k, v in videos.items()}, "cases": rows}
+    out = Path(args.out).with_name("decoders.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(compare_table(rows))
+    print(f"(load average {load0[0]:.1f} before, {result['loadavg_after'][0]:.1f} after; -> {out})")
+    return result
+
+
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="length of the 1080p video")
     ap.add_argument("--uhd-seconds", type=float, default=10.0, help="length of the 4K video")
     ap.add_argument("--frames", type=int, default=16, help="stored frames (the full preset's num_frames_stored)")
     ap.add_argument("--max-side", type=int, default=640, help="the full preset's max_side")
-    ap.add_argument("--decoders", default="decord,pyav")
+    ap.add_argument("--decoders", default="torchcodec,decord,pyav")
     ap.add_argument("--repeat", type=int, default=3, help="children per case (the median is reported)")
     ap.add_argument("--tmp", default=str(ROOT / "bench" / "tmp"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "decode.json"))
+    ap.add_argument("--compare", action="store_true", help="only the decoder table (media kinds x decoders)")
+    ap.add_argument("--kind-seconds", type=float, default=60.0, help="length of each media-kind video")
     args = ap.parse_args(argv)
+    if args.compare:
+        return main_compare(args, argv)
+    main_compare(args, argv)
 
     tmp = Path(args.tmp)
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from core import random_weights
 from core.store import StoreError
 from pipeline.errors import EXIT_FAILURES, EXIT_STORAGE, EXIT_USER, StorageError
 from pipeline.extract import ExtractError, run_extract
@@ -28,6 +29,7 @@ def _fail(message: str, code: int) -> None:
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        random_weights.apply(cfg)  # weights=random: full-size random models (before anything is built)
         report = run_extract(cfg)
     except StorageError as exc:
         _fail(str(exc), EXIT_STORAGE)

@@ -9,6 +9,12 @@ need_pkgs=()
 ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0" || need_pkgs+=(libusb-1.0-0)
 # OpenCV/decord wheels are self-contained; libgomp is needed by open3d on slim images.
 ldconfig -p 2>/dev/null | grep -q "libgomp.so.1" || need_pkgs+=(libgomp1)
+# torchcodec loads the system's FFmpeg libraries (4 to 8); Debian 12 ships FFmpeg 5.1. Without
+# them torchcodec refuses every file and the next decoder in features.decode.resources.decoders decodes.
+if ! ldconfig -p 2>/dev/null | grep -q "libavdevice.so"; then
+  apt-cache show libavdevice59 >/dev/null 2>&1 \
+    && need_pkgs+=(libavdevice59 libavfilter8 libavformat59 libavcodec59 libavutil57 libswscale6 libswresample4)
+fi
 
 if ((${#need_pkgs[@]})); then
   echo "setup: installing system packages: ${need_pkgs[*]}"

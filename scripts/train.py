@@ -11,6 +11,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
+from core import random_weights
 from core.hub import ModelUnavailableError
 from core.store import StoreError
 from trainer.checkpoint import CheckpointError
@@ -24,6 +25,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
+        random_weights.apply(cfg)  # weights=random: full-size random models; refuses a store of the other kind
+        random_weights.check_store_weights(cfg.store, cfg, cfg.model.modalities)
         trainer = Trainer(cfg)
         state = trainer.train()
         if not state.finished:

@@ -20,15 +20,17 @@ def bar_frame(i: int, size=(64, 48), step: int = 2) -> np.ndarray:
 
 def write_video(path: Path, *, frames: int = 20, fps: int = 10, size=(64, 48), audio: bool = True,
                 tone_hz: float = 440.0, step: int = 2, rotation: int | None = None, gop: int | None = None,
-                tone_change_s: float | None = None) -> Path:
+                tone_change_s: float | None = None, codec: str = "libx264") -> Path:
     """A white bar moving right by `step` px per frame over black; optional sine tone (twice as
     high from `tone_change_s` on). `rotation`: a display matrix turning the picture that many
-    degrees counter-clockwise (what phones write); `gop`: frames between keyframes."""
+    degrees counter-clockwise (what phones write); `gop`: frames between keyframes; `codec`:
+    "libx264" or "libsvtav1" (AV1, which decord 0.6 cannot open)."""
     w, h = size
     with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=fps)
+        v = c.add_stream(codec, rate=fps)
         v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        v.options = {"preset": "ultrafast", "crf": "18", **({"g": str(gop)} if gop else {})}
+        speed = {"preset": "ultrafast", "crf": "18"} if codec == "libx264" else {"preset": "12", "crf": "20"}
+        v.options = {**speed, **({"g": str(gop)} if gop else {})}
         if rotation is not None:
             v.set_display_rotation(rotation)
         a = c.add_stream("aac", rate=16000) if audio else None

@@ -15,7 +15,7 @@ def test_segment_indices_are_midpoints_and_respect_trim():
 
 def test_decord_decodes_frames_next_frames_timestamps_and_audio(tmp_path):
     path = write_video(tmp_path / "v.mp4", frames=20, fps=10, step=2)
-    out = decode_video(str(path), DecodeConfig(num_frames_stored=4, max_side=None))
+    out = decode_video(str(path), DecodeConfig(num_frames_stored=4, max_side=None, decoders=("decord",)))
     assert out["decoder"] == "decord"
     assert out["frames"].shape == (4, 48, 64, 3) and out["frames"].dtype == np.uint8
     assert out["frame_indices"].tolist() == [2, 7, 12, 17]
@@ -38,13 +38,14 @@ def test_pyav_fallback_when_decord_rejects(tmp_path, monkeypatch):
     import pipeline.decode as dec
 
     path = write_video(tmp_path / "v.mp4")
-    ref = decode_video(str(path), DecodeConfig(num_frames_stored=4))
+    ref = decode_video(str(path), DecodeConfig(num_frames_stored=4, decoders=("decord", "pyav")))
+    assert ref["decoder"] == "decord"
 
     def reject(*a, **k):
         raise RuntimeError("decord says no")
 
     monkeypatch.setattr(dec, "_decode_decord", reject)
-    out = decode_video(str(path), DecodeConfig(num_frames_stored=4))
+    out = decode_video(str(path), DecodeConfig(num_frames_stored=4, decoders=("decord", "pyav")))
     assert out["decoder"] == "pyav"
     assert out["frame_indices"].tolist() == ref["frame_indices"].tolist()
     assert np.abs(out["frames"].astype(int) - ref["frames"].astype(int)).mean() < 2.0

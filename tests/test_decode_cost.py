@@ -15,7 +15,7 @@ from media import bar_frame, write_vfr_video, write_video
 from pipeline.decode import DECODE_VERSION, DecodeConfig, decode_stream, decode_video, target_size
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DECODERS = ["decord", "pyav"]
+DECODERS = ["torchcodec", "decord", "pyav"]
 
 
 def _refuse(*args, **kwargs):
@@ -24,10 +24,9 @@ def _refuse(*args, **kwargs):
 
 @pytest.fixture
 def decoder(request, monkeypatch):
-    """Runs the test once per decoder: "pyav" makes decord refuse every file."""
-    if request.param == "pyav":
-        monkeypatch.setattr(dec, "_decode_decord", _refuse)
-        monkeypatch.setattr(dec, "_stream_decord", _refuse)
+    """Runs the test once per decoder: that decoder alone is tried (the same cases for each
+    decoder are the parity test: same frames by presentation time, same rotation, same size)."""
+    monkeypatch.setattr(dec, "DEFAULT_DECODERS", (request.param,))
     return request.param
 
 
@@ -90,7 +89,7 @@ def test_rotation_metadata_is_applied(tmp_path, decoder, rotation):
 def test_a_turned_video_decord_gets_wrong_is_decoded_upright_by_pyav(tmp_path):
     # decord 0.6 turns frames itself but fails on some sizes (a 64 x 48 quarter turn, a 180 degree
     # turn scaled to 48 px): PyAV takes those.
-    cfg = DecodeConfig(num_frames_stored=3, max_side=None, audio=False)
+    cfg = DecodeConfig(num_frames_stored=3, max_side=None, audio=False, decoders=("decord", "pyav"))
     upright = write_video(tmp_path / "plain.mp4", size=(64, 48), audio=False)
     turned = write_video(tmp_path / "turned.mp4", size=(64, 48), audio=False, rotation=90)
     out = decode_video(str(turned), cfg)
@@ -120,7 +119,8 @@ def test_a_decord_that_ignores_the_rotation_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(decord, "VideoReader", Unturned)
     with pytest.raises(dec.DecodeError, match="did not apply"):
         dec._decord_reader(str(turned), None)
-    out = decode_video(str(turned), DecodeConfig(num_frames_stored=3, max_side=None, audio=False))
+    out = decode_video(str(turned), DecodeConfig(num_frames_stored=3, max_side=None, audio=False,
+                                                 decoders=("decord", "pyav")))
     assert out["decoder"] == "pyav" and out["frames"].shape == (3, 96, 64, 3)
 
 
@@ -135,8 +135,10 @@ def test_sensor_streams_are_upright_and_capped_too(tmp_path, decoder):
 def test_decord_decodes_at_the_stored_size(tmp_path, size, max_side):
     """decord asked for the stored size returns what full-size decoding + resizing returned."""
     path = write_video(tmp_path / "v.mp4", size=size, frames=12, audio=False, step=3)
-    out = decode_video(str(path), DecodeConfig(num_frames_stored=3, max_side=max_side, audio=False))
-    old = decode_video(str(path), DecodeConfig(num_frames_stored=3, max_side=None, audio=False))
+    only = ("decord",)
+    out = decode_video(str(path), DecodeConfig(num_frames_stored=3, max_side=max_side, audio=False, decoders=only))
+    old = decode_video(str(path), DecodeConfig(num_frames_stored=3, max_side=None, audio=False,
+                                               decoders=("decord", "pyav")))  # decord fails on some full sizes
     before = dec._resize(old["frames"], max_side)  # the previous way: full size, then cv2 INTER_AREA
     assert out["decoder"] == "decord" and out["frames"].shape == before.shape
     w, h = target_size(size[0], size[1], max_side)

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from core import random_weights
 from core.datasets import load_dataset
 from core.util import pick_device
 from model.crema import Crema
@@ -336,7 +337,8 @@ class Trainer:
         return {"model_config": dataclasses.asdict(self.model.config), "prompt": dataclasses.asdict(self.tc.prompt),
                 "run": self.identity, "feature_hashes": self.identity["features"],
                 "train_state": dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
-                "metrics_lines": self.log.lines}
+                "metrics_lines": self.log.lines,
+                "weights": random_weights.mode(self.cfg)}  # random: a dry run's checkpoint, not a model
 
     def _save_last(self) -> Path:
         saved = checkpoint.save(self.ckpt_dir, "last", step=self.state.step, epoch=self.state.epoch, model=self.model,
