@@ -6,6 +6,11 @@ FEATURES ?= $(if $(filter demo,$(DATASET)),tiny,full)
 DATA     ?=
 ARGS     ?=
 FORMAT   ?= h5
+# make predict: one video file, its question, multiple-choice options separated by |, a checkpoint
+VIDEO    ?=
+QUESTION ?=
+OPTIONS  ?=
+CKPT     ?=
 RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
 CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
@@ -20,7 +25,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup data extract train eval params export import verify test test-fast bench preview predict app browser submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -57,6 +62,16 @@ verify: $(STAMP)  ## check every shard of a store against its marker's checksums
 
 preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)
+
+# OPTIONS="a|b|c" becomes the Hydra list predict.options=["a","b","c"] (each option quoted).
+comma := ,
+PREDICT_ARGS = $(if $(VIDEO),predict.video='$(VIDEO)') $(if $(QUESTION),'predict.question="$(QUESTION)"') \
+  $(if $(OPTIONS),'predict.options=["$(subst |,"$(comma)",$(OPTIONS))"]') $(if $(CKPT),ckpt='$(CKPT)')
+predict: $(STAMP)  ## ask a checkpoint about one video: make predict VIDEO=data/demo/videos/demo_0003.mp4 QUESTION="..." OPTIONS="a|b|c" [CKPT=...]
+	$(PY) scripts/predict.py $(HYDRA_DATASET) features=$(FEATURES) $(PREDICT_ARGS) $(ARGS)
+
+app: $(STAMP)  ## the web app (Ask, Explore a store) on http://127.0.0.1:7860: make app [ARGS="app.host=0.0.0.0"]
+	$(PY) scripts/app.py $(HYDRA_COMMON) $(ARGS)
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q --durations=15 tests
