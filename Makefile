@@ -71,7 +71,7 @@ predict: $(STAMP)  ## ask a checkpoint about one video: make predict VIDEO=data/
 	$(PY) scripts/predict.py $(HYDRA_DATASET) features=$(FEATURES) $(PREDICT_ARGS) $(ARGS)
 
 app: $(STAMP)  ## the web app (Ask, Explore a store) on http://127.0.0.1:7860: make app [ARGS="app.host=0.0.0.0"]
-	$(PY) scripts/app.py $(HYDRA_COMMON) $(ARGS)
+	$(PY) scripts/webapp.py $(HYDRA_COMMON) $(ARGS)
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q --durations=15 tests

@@ -123,6 +123,7 @@ class Asker:
         options = [str(o) for o in options]
         if len(options) > len(LETTERS):
             raise PredictError(f"{len(options)} options given; at most {len(LETTERS)} ({'|'.join(LETTERS)})")
+        t0 = time.perf_counter()
         batch = self.batch(video, question, options)
         mods = self.model.modalities
         full = self._answer(batch, mods)
@@ -133,6 +134,8 @@ class Asker:
         if len(mods) > 1:
             result["alone"] = {m: self._answer(batch, [m]) for m in mods}
             result["without"] = {m: self._answer(batch, [o for o in mods if o != m]) for m in mods}
+        result["seconds"] = {"extract": round(sum(video.get("timings", {}).values()), 3),
+                             "model": round(time.perf_counter() - t0, 3)}
         return result
 
     def batch(self, video: dict, question: str, options: list[str]) -> dict:
@@ -200,6 +203,8 @@ def describe(result: dict) -> list[str]:
     for label, group in (("alone", result["alone"]), ("left out", result["without"])):
         for m, r in group.items():
             lines.append(f"{m} {label}: {r['answer']}")
+    if "seconds" in result:
+        lines.append(f"seconds: extraction {result['seconds']['extract']:.2f}, model {result['seconds']['model']:.2f}")
     return lines
 
 

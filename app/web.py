@@ -45,7 +45,7 @@ def ask_tab(backend: Backend) -> None:
     gallery = gr.Gallery(label="frames with depth, flow, normals (stored frames, left to right)", columns=4,
                          elem_id="ask-gallery")
     cloud = gr.Plot(label="point cloud", elem_id="ask-cloud")
-    raw = gr.Code(label="JSON result", language="json", elem_id="ask-json")
+    raw = gr.Code(label="JSON result", language="json", max_lines=24, elem_id="ask-json")
 
     def run(up, pick, q, opts, ck):
         try:
@@ -144,3 +144,37 @@ def _overview(backend: Backend, store, text, status):
     except USER_ERRORS as exc:
         return _error(exc), []
     return md, filter_table(rows, text, status)
+
+
+def backend_from_cfg(cfg) -> Backend:
+    """The Backend of a composed conf/app.yaml: its roots (plus Gradio's upload folder, where
+    uploaded videos land), features config, and the dataset's question -> video map."""
+    from gradio.utils import get_upload_folder
+
+    from app.roots import Roots
+    from core.util import to_plain
+
+    roots = {**to_plain(cfg.app.roots), "uploads": get_upload_folder()}
+    return Backend(Roots(roots), cfg.features, qa_videos=_qa_videos(cfg), device=cfg.device,
+                   max_points=cfg.trainer.data.max_points)
+
+
+def _qa_videos(cfg) -> dict[str, str]:
+    """{qid: video_id} of the dataset's annotations, for the Explore tab's questions (empty when the
+    dataset's annotations are not there: the tab then lists no questions, and says nothing worse)."""
+    from core.datasets import load_dataset
+
+    try:
+        index = load_dataset(cfg.dataset)
+    except Exception as exc:  # a missing or foreign dataset folder must not stop the app
+        print(f"app: no questions from dataset {cfg.dataset.name} ({str(exc)[:200]})")
+        return {}
+    return {r.qid: r.video_id for records in index.qa.values() for r in records}
+
+
+def serve(cfg) -> None:
+    """Build and launch the app on cfg.app.host:cfg.app.port (127.0.0.1 unless told otherwise)."""
+    backend = backend_from_cfg(cfg)
+    print(f"app: roots {', '.join(f'{k}={v}' for k, v in backend.roots.roots.items())}", flush=True)
+    build_ui(backend).launch(server_name=str(cfg.app.host), server_port=int(cfg.app.port), show_error=False,
+                             footer_links=[])
