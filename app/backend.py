@@ -54,6 +54,9 @@ class Backend:
     # ------------------------------------------------------------------ Ask
 
     def asker(self, ckpt: str) -> Asker:
+        """The loaded model of checkpoint `ckpt` (a folder under the roots), loaded once."""
+        if not ckpt:
+            raise PredictError("pick a checkpoint (none found under the runs root: make train first)")
         directory = checkpoint.resolve(self.roots.check(ckpt), "best")
         if directory not in self._askers:
             self._askers[directory] = Asker.load(directory, self.features_cfg, device=self.device,
@@ -64,8 +67,11 @@ class Backend:
         """Extract `video` in this process, ask the checkpoint; the result plus what to show."""
         if not question or not str(question).strip():
             raise PredictError("type a question")
+        if not video:
+            raise PredictError("upload a video or pick one")
+        path = self.roots.check(video)  # before anything is loaded: a refused path costs nothing
         asker = self.asker(ckpt)
-        extracted = asker.extract(self.roots.check(video))
+        extracted = asker.extract(path)
         result = asker.ask(extracted, str(question).strip(), [o for o in options if o.strip()])
         return {"result": result, "views": self.frame_gallery(extracted), "cloud": point_cloud(extracted),
                 "timings": extracted.get("timings", {})}
