@@ -73,6 +73,9 @@ predict: $(STAMP)  ## ask a checkpoint about one video: make predict VIDEO=data/
 app: $(STAMP)  ## the web app (Ask, Explore a store) on http://127.0.0.1:7860: make app [ARGS="app.host=0.0.0.0"]
 	$(PY) scripts/webapp.py $(HYDRA_COMMON) $(ARGS)
 
+browser:  ## Debian's chromium for the web app's browser test (tests/test_app_browser.py)
+	bash scripts/browser.sh
+
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q --durations=15 tests
 

@@ -16,7 +16,7 @@ import numpy as np
 from app import explore, render
 from app.predict import Asker, PredictError, frame_views, point_cloud
 from app.roots import PathRefused, Roots
-from core.store import FeatureStore, StoreError
+from core.store import STORE_META, FeatureStore, StoreError
 from model.scoring import LETTERS
 from trainer import checkpoint
 
@@ -35,21 +35,22 @@ class Backend:
 
     def checkpoints(self) -> list[str]:
         """Under the `runs` root: each run's checkpoints folder (its best is used) and its best-* ones."""
-        folders = self.roots.dirs("runs", "**/checkpoints")
-        bests = [p for p in self.roots.dirs("runs", "**/checkpoints/best-*") if (p / checkpoint.STATE).exists()]
+        folders = self.roots.dirs("runs", "*checkpoints")
+        bests = [p for p in self.roots.dirs("runs", "*checkpoints/best-*") if (p / checkpoint.STATE).exists()]
         return [str(p) for p in [*folders, *bests]]
 
     def videos(self) -> list[str]:
         """Video files under the `data` root."""
         exts = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-        return [str(p) for p in self.roots.files("data", "**/*") if p.suffix.lower() in exts]
+        return [str(p) for p in self.roots.files("data", "*") if p.suffix.lower() in exts]
 
     def stores(self) -> list[str]:
-        return [str(p) for name in self.roots.roots if name in ("stores", "data")
-                for p in explore.find_stores(self.roots.roots[name])]
+        """Feature stores (folders with a store.json) under the `stores` root."""
+        return [str(p.parent) for p in self.roots.files("stores", f"*{STORE_META}")]
 
     def predictions(self) -> list[str]:
-        return [str(p) for p in explore.find_predictions(self.roots.roots["runs"])] if "runs" in self.roots.roots else []
+        """Eval predictions files (`<run_dir>/eval/<split>.json`) under the `runs` root."""
+        return [str(p) for p in self.roots.files("runs", "*eval/*.json")]
 
     # ------------------------------------------------------------------ Ask
 

@@ -13,16 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from core.modalities import FRAME, NAMES, kind
-from core.store import FAILURES, STORE_META, FeatureStore, collect_markers, read_store_meta, registry
+from core.store import FAILURES, FeatureStore, collect_markers, read_store_meta, registry
 
 TABLE_COLUMNS = ["video_id", "split", "status", "reason"]
-
-
-def find_stores(folder: Path) -> list[Path]:
-    """Stores (folders with a store.json) at `folder` or one or two levels below it."""
-    found = [p.parent for pattern in (STORE_META, f"*/{STORE_META}", f"*/*/{STORE_META}")
-             for p in sorted(Path(folder).glob(pattern))]
-    return list(dict.fromkeys(found))
 
 
 def read_failures(root: Path) -> list[dict]:
@@ -123,11 +116,6 @@ def raw_maps(store: FeatureStore, video_id: str) -> dict[str, np.ndarray]:
 def video_failure(root: Path, video_id: str) -> list[dict]:
     """The failures.jsonl rows of one video."""
     return [f for f in read_failures(root) if f["video_id"] == video_id]
-
-
-def find_predictions(folder: Path) -> list[Path]:
-    """Eval predictions files (`<run_dir>/eval/<split>.json`) under `folder`."""
-    return sorted(Path(folder).glob("**/eval/*.json"))
 
 
 def eval_rows(path: Path, qa_videos: dict[str, str], video_id: str, *, qtype: str = "all",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 
 
@@ -28,16 +29,24 @@ class Roots:
         listed = ", ".join(f"{n}={p}" for n, p in self.roots.items())
         raise PathRefused(f"{path} is outside the app's roots ({listed}); set app.roots in conf/app.yaml to serve it")
 
-    def files(self, name: str, pattern: str) -> list[Path]:
-        """Files under root `name` matching the glob `pattern`, sorted (none if the root is absent)."""
+    def _walk(self, name: str, pattern: str, want_dirs: bool) -> list[Path]:
+        """Entries under root `name` whose path relative to it matches `pattern` (fnmatch, so `*`
+        spans folders). Symlinks are not followed: a listing never leaves the root, nor loops."""
         root = self.roots.get(name)
         if root is None or not root.is_dir():
             return []
-        return sorted(p for p in root.glob(pattern) if p.is_file())
+        found = []
+        for folder, dirs, files in os.walk(root, followlinks=False):
+            for entry in dirs if want_dirs else files:
+                path = Path(folder) / entry
+                if not path.is_symlink() and fnmatch(str(path.relative_to(root)), pattern):
+                    found.append(path)
+        return sorted(found)
+
+    def files(self, name: str, pattern: str) -> list[Path]:
+        """Files under root `name` matching `pattern` (e.g. `*.mp4`, `*/eval/*.json`), sorted."""
+        return self._walk(name, pattern, want_dirs=False)
 
     def dirs(self, name: str, pattern: str) -> list[Path]:
         """Folders under root `name` matching `pattern`, sorted."""
-        root = self.roots.get(name)
-        if root is None or not root.is_dir():
-            return []
-        return sorted(p for p in root.glob(pattern) if p.is_dir())
+        return self._walk(name, pattern, want_dirs=True)
