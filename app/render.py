@@ -1,5 +1,5 @@
 """Arrays -> pictures for the web app: frames and maps as images, token grids as heatmaps, the
-point cloud as a 3D scatter. Pure functions over numpy; no store or model access."""
+point cloud as an interactive 3D scatter. Pure functions over numpy; no store or model access."""
 
 from __future__ import annotations
 
@@ -57,17 +57,12 @@ def feature_images(name: str, arr: np.ndarray) -> list[tuple[np.ndarray, str]]:
 
 
 def point_cloud_figure(xyz: np.ndarray, title: str = "point cloud"):
-    """A matplotlib 3D scatter of voxel coordinates (depth toward the viewer)."""
-    import matplotlib
+    """An interactive (rotate, zoom) plotly 3D scatter of voxel coordinates, coloured by depth."""
+    import plotly.graph_objects as go
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xyz = np.asarray(xyz, dtype=np.float32)
-    fig = plt.figure(figsize=(4, 4))
-    ax = fig.add_subplot(projection="3d")
-    if len(xyz):
-        ax.scatter(xyz[:, 0], xyz[:, 2], -xyz[:, 1], s=1, c=xyz[:, 2], cmap="viridis")
-    ax.set_title(f"{title} ({len(xyz)} points)")
-    fig.tight_layout()
+    xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+    marker = {"size": 2, "color": xyz[:, 2], "colorscale": "Viridis"}
+    fig = go.Figure(go.Scatter3d(x=xyz[:, 0], y=xyz[:, 2], z=-xyz[:, 1], mode="markers", marker=marker))
+    fig.update_layout(title=f"{title} ({len(xyz)} points, voxel coordinates)", height=420,
+                      margin={"l": 0, "r": 0, "t": 40, "b": 0})
     return fig

@@ -101,3 +101,9 @@ def test_listings_stay_inside_the_roots(tree):
     backend = Backend(roots, features_cfg={})
     assert backend.predictions() == [str(tmp / "runs" / "r" / "eval" / "test.json")]
     assert backend.stores() == [str(tmp / "stores" / "demo")]
+
+
+def test_point_cloud_figure_holds_every_point():
+    xyz = np.random.default_rng(0).integers(0, 255, size=(500, 3)).astype(np.uint8)
+    fig = render.point_cloud_figure(xyz)
+    assert len(fig.data[0].x) == 500 and "500 points" in fig.layout.title.text
