@@ -107,3 +107,15 @@ def test_point_cloud_figure_holds_every_point():
     xyz = np.random.default_rng(0).integers(0, 255, size=(500, 3)).astype(np.uint8)
     fig = render.point_cloud_figure(xyz)
     assert len(fig.data[0].x) == 500 and "500 points" in fig.layout.title.text
+
+
+def test_predict_and_app_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    from presets import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        predict = compose(config_name="predict", overrides=['predict.options=["a b","c"]'])
+        app = compose(config_name="app", overrides=["out=/tmp/x"])
+    assert list(predict.predict.options) == ["a b", "c"] and predict.trainer.data.max_points > 0
+    assert app.app.host == "127.0.0.1" and app.app.roots.stores == "/tmp/x"
