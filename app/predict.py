@@ -122,7 +122,7 @@ class Asker:
             raise PredictError(f"video {video['path']}: {video['failed']['stage']} failed: {video['failed']['reason']}")
         options = [str(o) for o in options]
         if len(options) > len(LETTERS):
-            raise PredictError(f"{len(options)} options given; at most {len(LETTERS)} ({'|'.join(LETTERS)})")
+            raise PredictError(f"{len(options)} options given; at most {len(LETTERS)}")
         t0 = time.perf_counter()
         batch = self.batch(video, question, options)
         mods = self.model.modalities

@@ -80,8 +80,8 @@ def test_in_process_extraction_is_the_pipelines(demo_run):
         assert np.array_equal(np.asarray(extracted["features"][m]), store.get(vid, m)), m
     result = asker.ask(extracted, "what sound does it make?")
     assert isinstance(result["answer"], str) and result["choice"] is None and "scores" not in result
-    with pytest.raises(PredictError, match="at most 5"):
-        asker.ask(extracted, "?", [str(i) for i in range(6)])
+    with pytest.raises(PredictError, match="at most 10"):
+        asker.ask(extracted, "?", [str(i) for i in range(11)])
 
 
 def test_predict_refuses_other_features_in_one_line(demo_run):
