@@ -162,3 +162,17 @@ def test_explore_renders_a_videos_modalities_and_its_questions(served, page):
     mine = [r for r in rows if r["qid"].split("_", 1)[1].rsplit("_", 1)[0] == vid]
     assert mine and all(r["qid"] in questions for r in mine), questions
     screenshot(page, "explore-video", tmp)
+
+
+def test_the_server_serves_no_file_outside_its_roots(served):
+    """Gradio's own file route does not hand out the repository, the store or system files."""
+    import urllib.error
+
+    url, tmp, _ = served
+    for path in ("/etc/passwd", ROOT / "README.md", tmp / "features" / "demo" / "store.json"):
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10) as r:
+                status = r.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        assert status in (403, 404), (path, status)

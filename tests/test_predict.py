@@ -102,10 +102,8 @@ def test_other_features_of_one_modality_are_named(demo_run):
     assert "rgb (" not in str(err.value) and "audio (" not in str(err.value)
 
 
-def test_predict_user_errors_are_one_line(demo_run):
+def test_predict_user_errors_name_the_video(demo_run):
     tmp, _, _, broken = demo_run
-    proc = predict_cli(demo_run, "predict.question=what")
-    assert proc.returncode == 2 and proc.stderr.startswith("error: give a video and a question"), proc.stderr[-2000:]
     asker = Asker.load(tmp / "run" / "checkpoints", features_cfg(), device="cpu")
     with pytest.raises(PredictError, match="no such file"):
         asker.extract("/no/such.mp4")
