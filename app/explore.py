@@ -60,15 +60,17 @@ def video_table(root: Path) -> list[list[str]]:
     root = Path(root)
     markers = collect_markers(root, hashes=registry(read_store_meta(root)))
     rows: dict[str, list[str]] = {}
+    split_of: dict[str, str] = {}
     for rel, marker in markers.items():
         split = rel.split("/")[0]
+        split_of.update({vid: split for vid in marker.get("video_ids", [])})
         for vid in marker["ok"]:
             rows[vid] = [vid, split, "ok", ""]
     for f in read_failures(root):
         vid = f["video_id"]
         why = f"[{f.get('stage', '?')}] {f.get('reason', '')}"
         if f.get("fatal", True):
-            rows[vid] = [vid, rows.get(vid, [vid, f.get("split", "")])[1], "failed", why]
+            rows[vid] = [vid, split_of.get(vid, f.get("split", "")), "failed", why]
         elif vid in rows:
             row = rows[vid]
             row[2] = "missing modality"
