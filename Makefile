@@ -63,10 +63,12 @@ verify: $(STAMP)  ## check every shard of a store against its marker's checksums
 preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)
 
-# OPTIONS="a|b|c" becomes the Hydra list predict.options=["a","b","c"] (each option quoted).
+# OPTIONS="a|b|c" becomes the Hydra list predict.options=["a","b","c"] (each option quoted). Texts are
+# Hydra-quoted ("what's that \"thing\"?" survives) inside shell single quotes (' itself escaped).
 comma := ,
-PREDICT_ARGS = $(if $(VIDEO),predict.video='$(VIDEO)') $(if $(QUESTION),'predict.question="$(QUESTION)"') \
-  $(if $(OPTIONS),'predict.options=["$(subst |,"$(comma)",$(OPTIONS))"]') $(if $(CKPT),ckpt='$(CKPT)')
+hydra_text = $(subst ','"'"',$(subst ",\",$(1)))
+PREDICT_ARGS = $(if $(VIDEO),predict.video='$(VIDEO)') $(if $(QUESTION),'predict.question="$(call hydra_text,$(QUESTION))"') \
+  $(if $(OPTIONS),'predict.options=["$(subst |,"$(comma)",$(call hydra_text,$(OPTIONS)))"]') $(if $(CKPT),ckpt='$(CKPT)')
 predict: $(STAMP)  ## ask a checkpoint about one video: make predict VIDEO=data/demo/videos/demo_0003.mp4 QUESTION="..." OPTIONS="a|b|c" [CKPT=...]
 	$(PY) scripts/predict.py $(HYDRA_DATASET) features=$(FEATURES) $(PREDICT_ARGS) $(ARGS)
 

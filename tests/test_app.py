@@ -119,3 +119,21 @@ def test_predict_and_app_configs_compose():
         app = compose(config_name="app", overrides=["out=/tmp/x"])
     assert list(predict.predict.options) == ["a b", "c"] and predict.trainer.data.max_points > 0
     assert app.app.host == "127.0.0.1" and app.app.roots.stores == "/tmp/x"
+
+
+def test_make_predict_passes_quotes_and_options_through():
+    """make predict QUESTION/OPTIONS with quotes and apostrophes reach the config unchanged."""
+    import shlex
+    import subprocess
+
+    from hydra import compose, initialize_config_dir
+
+    from presets import CONF
+
+    question, options = 'what\'s the "red" thing?', ["it's a", 'b "c"', "it does not move"]
+    dry = subprocess.run(["make", "-n", "predict", "VIDEO=x.mp4", f"QUESTION={question}", f"OPTIONS={'|'.join(options)}"],
+                         cwd=CONF.parent, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    overrides = [a for a in shlex.split(dry) if a.startswith("predict.")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=overrides)
+    assert cfg.predict.question == question and list(cfg.predict.options) == options and cfg.predict.video == "x.mp4"
