@@ -8,7 +8,6 @@ alone and left out, and a JSON line last; another features config is one `error:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
