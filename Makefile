@@ -8,6 +8,10 @@ ARGS     ?=
 PRED     ?=
 FORMAT   ?= h5
 SRC      ?=
+# make predict: one video file, its question, multiple-choice options separated by |, a checkpoint
+VIDEO    ?=
+QUESTION ?=
+OPTIONS  ?=
 CKPT     ?=
 RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
@@ -23,7 +27,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview submit slurm-local clean
+.PHONY: help setup data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview predict app browser submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -71,6 +75,21 @@ dryrun: $(STAMP)  ## full presets, random weights, a few demo videos, a few full
 
 preview: $(STAMP)  ## one video's frames, depth, flow, normals, point cloud -> PNG
 	$(PY) scripts/preview.py $(HYDRA_COMMON) $(ARGS)
+
+# OPTIONS="a|b|c" becomes the Hydra list predict.options=["a","b","c"] (each option quoted). Texts are
+# Hydra-quoted ("what's that \"thing\"?" survives) inside shell single quotes (' itself escaped).
+comma := ,
+hydra_text = $(subst ','"'"',$(subst ",\",$(1)))
+PREDICT_ARGS = $(if $(VIDEO),predict.video='$(VIDEO)') $(if $(QUESTION),'predict.question="$(call hydra_text,$(QUESTION))"') \
+  $(if $(OPTIONS),'predict.options=["$(subst |,"$(comma)",$(call hydra_text,$(OPTIONS)))"]') $(if $(CKPT),ckpt='$(CKPT)')
+predict: $(STAMP)  ## ask a checkpoint about one video: make predict VIDEO=data/demo/videos/demo_0003.mp4 QUESTION="..." OPTIONS="a|b|c" [CKPT=...]
+	$(PY) scripts/predict.py $(HYDRA_DATASET) features=$(FEATURES) $(PREDICT_ARGS) $(ARGS)
+
+app: $(STAMP)  ## the web app (Ask, Explore a store) on http://127.0.0.1:7860: make app [ARGS="app.host=0.0.0.0"]
+	$(PY) scripts/webapp.py $(HYDRA_COMMON) $(ARGS)
+
+browser:  ## Debian's chromium for the web app's browser test (tests/test_app_browser.py)
+	bash scripts/browser.sh
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(PY) -m pytest -q --durations=15 tests

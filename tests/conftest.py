@@ -38,3 +38,41 @@ def _slow_tests_join_the_shared_ray(request):
         mp.setenv("RAY_ADDRESS", cluster.gcs_address)
         mp.setenv("RAY_AUTH_MODE", "disabled")
         yield cluster
+
+
+def run_cli(env: dict, script: str, *overrides: str, timeout: int = 2400):
+    """A real CLI run of scripts/<script> from the repo root; AssertionError with its output on failure."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+DEMO_RUN_MODS = ["rgb", "flow", "audio"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, request):
+    """ONE demo store and tiny checkpoint for the whole session (tests/test_train_e2e.py, the
+    predict and web-app tests): 36 demo videos extracted by the real CLI, 3 epochs of training.
+    One test-split video is overwritten with bytes that are no video before extraction, so the
+    store holds a real decode failure (the app's Explore tab shows it; the trainer leaves its
+    questions out). Returns (tmp folder, the CLI overrides, env, the broken video's id)."""
+    import json
+
+    from pipeline.demo import generate_demo
+
+    tmp = tmp_path_factory.mktemp("demo_run")
+    env = {**os.environ, "CREMA_DATA": str(tmp / "data")}
+    if not os.environ.get("CREMA_TEST_OWN_RAY"):
+        env.update(RAY_ADDRESS=request.getfixturevalue("shared_ray").gcs_address, RAY_AUTH_MODE="disabled")
+    root = generate_demo(tmp / "data" / "demo", num_videos=36)
+    broken = json.loads((root / "annotations" / "test.json").read_text())[0]["video"]
+    (root / "videos" / f"{broken}.mp4").write_bytes(b"this is not a video\n" * 64)
+    common = [f"out={tmp}/features", "dataset.num_videos=36", f"dataset.modalities=[{','.join(DEMO_RUN_MODS)}]"]
+    run_cli(env, "scripts/extract.py", *common, "ray.num_cpus=2")
+    run_cli(env, "scripts/train.py", *common, f"run_dir={tmp}/run", "trainer.epochs=3", "trainer.data.num_workers=0")
+    return tmp, common, env, broken

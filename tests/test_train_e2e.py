@@ -9,34 +9,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from conftest import DEMO_RUN_MODS as MODS, run_cli
 from trainer import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-MODS = ["rgb", "flow", "audio"]
 
 
 def run(tmp: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CREMA_DATA": str(tmp / "data")}
-    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=2400)
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_cli({**os.environ, "CREMA_DATA": str(tmp / "data")}, script, *overrides)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    common = [f"out={tmp}/features", "dataset.num_videos=36", f"dataset.modalities=[{','.join(MODS)}]"]
-    run(tmp, "scripts/extract.py", *common, "ray.num_cpus=2")
-    run(tmp, "scripts/train.py", *common, f"run_dir={tmp}/run", "trainer.epochs=3", "trainer.data.num_workers=0")
+def trained(demo_run):
+    """The session's demo store + checkpoint (tests/conftest.py: demo_run)."""
+    tmp, common, _, _ = demo_run
     return tmp, common
 
 
