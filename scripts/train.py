@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 
 from core.hub import ModelUnavailableError
 from core.store import StoreError
+from core.weights import make_hint, preflight
+from model.weights import crema_weights
 from trainer.checkpoint import CheckpointError
 from trainer.recipe import Trainer
 
@@ -24,6 +26,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
+        preflight(crema_weights(cfg.model), make_hint=make_hint())  # all missing models at once, before any work
         trainer = Trainer(cfg)
         state = trainer.train()
         if not state.finished:
