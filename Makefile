@@ -12,6 +12,7 @@ RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
 CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
 SUBMIT_FLAGS ?=
+CHECK    ?=
 
 PY    := .venv/bin/python
 STAMP := .venv/.crema-setup
@@ -22,7 +23,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval import-ckpt params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup weights data extract train eval import-ckpt params export import verify test test-fast bench preview submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -32,6 +33,9 @@ $(STAMP): pyproject.toml uv.lock scripts/setup.sh
 	@touch $@
 
 setup: $(STAMP)  ## install system packages + the locked Python env (runs on first use anyway)
+
+weights: $(STAMP)  ## download the models extract + train need: make weights DATASET=nextqa [FEATURES=full] [CHECK=1: only check]
+	$(PY) scripts/weights.py $(HYDRA_DATASET) features=$(FEATURES) $(if $(CHECK),check=true) $(ARGS)
 
 data: $(STAMP)  ## check a dataset folder without extracting: make data DATASET=nextqa DATA=/path/to/nextqa
 	$(PY) scripts/data.py $(HYDRA_DATASET) $(ARGS)
