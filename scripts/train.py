@@ -16,7 +16,6 @@ from core.store import StoreError
 from core.weights import make_hint, preflight
 from model.weights import crema_weights
 from trainer.checkpoint import CheckpointError
-from trainer.recipe import Trainer
 
 # A deprecation inside peft's transformers checks, once per adapter: noise for users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -27,6 +26,8 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
         preflight(crema_weights(cfg.model), make_hint=make_hint())  # all missing models at once, before any work
+        from trainer.recipe import Trainer  # after the preflight: its imports alone take seconds
+
         trainer = Trainer(cfg)
         state = trainer.train()
         if not state.finished:
