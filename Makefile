@@ -23,7 +23,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup weights data extract train eval import-ckpt params export import verify test test-fast bench preview submit slurm-local clean
+.PHONY: help setup weights demo-figures data extract train eval import-ckpt params export import verify test test-fast bench preview submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -82,6 +82,15 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	$(PY) scripts/bench_reference.py
 	$(PY) scripts/bench_store.py
 	$(PY) scripts/bench.py $(ARGS)  # last: its table gathers every bench/results/*.json
+
+DEMO_RUN := bench/tmp/demo
+demo-figures: $(STAMP)  ## the docs' demo figures: a full demo extract + train + eval (~15 min, 2 cores) -> bench/results/demo.json
+	rm -rf $(DEMO_RUN)
+	$(PY) scripts/extract.py dataset=demo features=tiny out=$(DEMO_RUN)/features
+	$(PY) scripts/train.py dataset=demo features=tiny out=$(DEMO_RUN)/features run_dir=$(DEMO_RUN)/train
+	$(PY) scripts/eval.py dataset=demo features=tiny out=$(DEMO_RUN)/features run_dir=$(DEMO_RUN)/train \
+	  eval.split=val "eval.combinations=[[rgb],[rgb,flow],[rgb,audio],all]"
+	$(PY) scripts/demo_figures.py $(DEMO_RUN)
 
 # Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they
 # must be on a filesystem every node mounts at the same path); nothing is installed on the cluster.
