@@ -7,6 +7,7 @@ The lookups run against real files: a Hugging Face cache laid out as huggingface
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from core.features import resolve_features
 from core.weights import WeightsMissingError, hub_weights, missing_message, preflight
@@ -154,3 +156,16 @@ def test_make_weights_check_lists_each_model_once_and_exits_2(bare_env):
     demo = subprocess.run(["make", "-s", "weights", "DATASET=demo", "CHECK=1"], cwd=ROOT, env=bare_env,
                           capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0 and "all 0 model(s)" in demo.stdout
+
+
+@pytest.mark.slow
+def test_eval_of_a_full_size_checkpoint_without_weights_names_them(tmp_path, bare_env):
+    """The model of an eval comes from the checkpoint's model_config: its frozen parts are looked up."""
+    ckpt = tmp_path / "best-000001"
+    ckpt.mkdir()
+    model = {k: v for k, v in OmegaConf.to_container(model_config("full")).items() if not str(v).startswith("${")}
+    (ckpt / "state.json").write_text(json.dumps({"model_config": model, "prompt": {}}))
+    run = _run("eval", "dataset=nextqa", "features=full", f"ckpt={ckpt}", f"run_dir={tmp_path / 'run'}", env=bare_env)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "Salesforce/blip2-flan-t5-xl (eval model.blip2" in run.stderr and "google/flan-t5-xl" in run.stderr
