@@ -105,16 +105,25 @@ def missing_message(needed: Iterable[Weights], *, make_hint: str | None = None) 
     return "\n".join(lines)
 
 
+# Overrides that choose models (passed on to `make weights` in ARGS); the rest do not matter to it.
+_MODEL_KEYS = ("features.", "extractor@", "model")
+
+
 def make_hint() -> str | None:
-    """`make weights ...` for the running Hydra app's dataset and features choices (None outside Hydra)."""
+    """`make weights ...` for the running Hydra app's dataset, features and model overrides (None
+    outside Hydra)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        choices = HydraConfig.get().runtime.choices
+        hydra_cfg = HydraConfig.get()
+        choices, overrides = hydra_cfg.runtime.choices, list(hydra_cfg.overrides.task)
     except Exception:  # not inside a Hydra app (a test calling preflight directly)
         return None
     dataset, features = choices.get("dataset"), choices.get("features")
-    return f"make weights DATASET={dataset} FEATURES={features}" if dataset and features else None
+    if not (dataset and features):
+        return None
+    args = [o for o in overrides if o.startswith(_MODEL_KEYS) and not o.startswith("features=")]
+    return f"make weights DATASET={dataset} FEATURES={features}" + (f" ARGS='{' '.join(args)}'" if args else "")
 
 
 def preflight(needed: Iterable[Weights], *, make_hint: str | None = None) -> None:
