@@ -17,6 +17,7 @@ RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
 CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
 SUBMIT_FLAGS ?=
+CHECK    ?=
 
 PY    := .venv/bin/python
 STAMP := .venv/.crema-setup
@@ -27,7 +28,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview predict app browser submit slurm-local clean
+.PHONY: help setup weights demo-figures data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview predict app browser submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -37,6 +38,9 @@ $(STAMP): pyproject.toml uv.lock scripts/setup.sh
 	@touch $@
 
 setup: $(STAMP)  ## install system packages + the locked Python env (runs on first use anyway)
+
+weights: $(STAMP)  ## download the models extract + train need: make weights DATASET=nextqa [FEATURES=full] [CHECK=1: only check]
+	$(PY) scripts/weights.py $(HYDRA_DATASET) features=$(FEATURES) $(if $(CHECK),check=true) $(ARGS)
 
 data: $(STAMP)  ## check a dataset folder without extracting: make data DATASET=nextqa DATA=/path/to/nextqa
 	$(PY) scripts/data.py $(HYDRA_DATASET) $(ARGS)
@@ -105,6 +109,15 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	$(PY) scripts/bench_reference.py
 	$(PY) scripts/bench_store.py
 	$(PY) scripts/bench.py $(ARGS)  # last: its table gathers every bench/results/*.json
+
+DEMO_RUN := bench/tmp/demo
+demo-figures: $(STAMP)  ## the docs' demo figures: a full demo extract + train + eval (~15 min, 2 cores) -> bench/results/demo.json
+	rm -rf $(DEMO_RUN)
+	$(PY) scripts/extract.py dataset=demo features=tiny out=$(DEMO_RUN)/features
+	$(PY) scripts/train.py dataset=demo features=tiny out=$(DEMO_RUN)/features run_dir=$(DEMO_RUN)/train
+	$(PY) scripts/eval.py dataset=demo features=tiny out=$(DEMO_RUN)/features run_dir=$(DEMO_RUN)/train \
+	  eval.split=val "eval.combinations=[[rgb],[rgb,flow],[rgb,audio],all]"
+	$(PY) scripts/demo_figures.py $(DEMO_RUN)
 
 # Paths a job sees are the nodes' paths: OUT, DATA and the default data folder go absolute (they
 # must be on a filesystem every node mounts at the same path); nothing is installed on the cluster.

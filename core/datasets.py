@@ -598,15 +598,18 @@ def _walk_videos(folder: Path, exts: tuple[str, ...], recursive: bool) -> list[t
 
 
 def _read_list_file(path: Path) -> list[tuple[str, Path]]:
-    base = path.parent
-    found = []
+    """(id path, full path) per listed video. The id path is relative to the list's folder, or, for
+    the videos outside it (absolute paths, ../), to the deepest folder they share: a list of
+    absolute paths gets the same ids as its folder would, never the mangled absolute path."""
+    base = Path(os.path.normpath(path.parent.absolute()))
+    fulls = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        full = Path(os.path.normpath(base / Path(line).expanduser()))
-        found.append((os.path.normpath(line), full))
-    return found
+        if line and not line.startswith("#"):
+            fulls.append(Path(os.path.normpath(base / Path(line).expanduser())))
+    outside = [f for f in fulls if not f.is_relative_to(base)]
+    shared = Path(os.path.commonpath([f.parent for f in outside])) if outside else base
+    return [(f.relative_to(base if f.is_relative_to(base) else shared).as_posix(), f) for f in fulls]
 
 
 def videos(cfg: dict) -> DatasetIndex:

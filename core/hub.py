@@ -43,7 +43,7 @@ def download_command(model_id: str, revision: str | None, local_dir: str | None 
                      include: list[str] | None = None) -> str:
     """The shell command that pre-downloads a model (run it on a machine with network)."""
     local_dir = local_dir or f"models/{model_id.split('/')[-1]}"
-    parts = ["hf", "download", model_id]
+    parts = [".venv/bin/hf", "download", model_id]  # the venv's CLI: a bare `hf` is on PATH only inside it
     if revision:
         parts += ["--revision", revision]
     if include:

@@ -174,7 +174,26 @@ def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int) -> dict:
         # one CPU per actor without a GPU (more actors instead); with one, the CPUs split between them
         res["num_cpus"] = _floor(cpus / n) if cpus < n else (int(cpus // n) if use_gpu else 1)
     res["num_gpus"], res["num_cpus"] = float(res["num_gpus"] or 0), float(res["num_cpus"])
+    _warn_stage_gpus_unused(features, res)
     return {**res, **{k: plan_cfg[k] for k in ("max_restarts", "max_task_retries") if plan_cfg.get(k) is not None}}
+
+
+def stage_gpu_numbers(features: dict) -> dict[str, float]:
+    """{stage: num_gpus} of the stages given a GPU share by number (not auto, not 0)."""
+    nodes = stage_nodes(copy.deepcopy(features), {})
+    return {n: float(r["num_gpus"]) for n, r in nodes.items()
+            if not _is_auto(r.get("num_gpus")) and float(r.get("num_gpus") or 0) > 0}
+
+
+def _warn_stage_gpus_unused(features: dict, fused: dict) -> None:
+    """A stage's own num_gpus sizes its pool in the per-stage plan only: say so rather than let a
+    number the user set vanish under the fused plan."""
+    numbers = stage_gpu_numbers(features)
+    if numbers:
+        log.warning("the fused plan runs every stage in one actor with plan.fused.num_gpus=%g, so %s "
+                    "apply only to the per-stage plan: pass plan.mode=stages to give stages their own GPU "
+                    "shares, or plan.fused.num_gpus=<share> to size the fused actors", fused["num_gpus"],
+                    ", ".join(f"features.extractors.{n}.resources.num_gpus={g:g}" for n, g in numbers.items()))
 
 
 def describe_fused(res: dict) -> str:

@@ -50,6 +50,11 @@ def _fsync_tree(folder: Path) -> None:
 # --------------------------------------------------------------------------- store level
 
 
+def holds_shards(root: Path) -> bool:
+    """Whether any finished shard (a marker outside this run's temporaries) lies under `root`."""
+    return any(TMP_PREFIX not in "/".join(p.relative_to(root).parts[:-1]) for p in Path(root).rglob(MARKER))
+
+
 def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: dict[str, dict] | None = None,
                overwrite: bool = False) -> dict[str, str]:
     """Create ``root`` or check it against this run's per-modality config hashes; returns the
@@ -58,6 +63,8 @@ def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: di
     A modality the store holds with another hash is refused (its shards would mix incompatible
     features) unless ``overwrite=True``, which deletes the whole store first. A modality the
     store does not hold yet joins the registry (its features are then added shard by shard).
+    A store that holds no finished shard (a run that failed before writing one) holds no features
+    to protect: another config replaces it without ``overwrite``.
     """
     root = Path(root)
     meta_path = root / STORE_META
@@ -68,12 +75,12 @@ def init_store(root: Path, *, dataset: str, hashes: dict[str, str], features: di
             have = registry(meta)
             clash = {m: (have[m], h) for m, h in hashes.items() if m in have and have[m] != h}
         except StoreMismatchError:
-            if not overwrite:
+            if not overwrite and holds_shards(root):
                 raise
             meta, clash = None, {"format": ("old", STORE_FORMAT)}
         decode = {} if clash else _decode_clash(meta, features)
         clash = clash or decode
-        if clash and not overwrite:
+        if clash and not overwrite and holds_shards(root):
             detail = ", ".join(f"{m}: store {a}, this run {b}" for m, (a, b) in clash.items())
             why = (" A shard keeps one set of frame indices per video, so every modality must be decoded the same "
                    "way: add it with the store's features.decode settings," if decode else "")

@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 
 from core.hub import ModelUnavailableError
 from core.store import StoreError
+from core.weights import make_hint, preflight
+from model.weights import crema_weights
+from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
-from trainer.evaluate import run_eval
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -24,6 +26,11 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
+        # the model comes from the checkpoint: its frozen parts are what must be on this machine
+        state = checkpoint.read_state(checkpoint.resolve(cfg.ckpt, "best"))
+        preflight(crema_weights(state.get("model_config") or {}, user="eval"), make_hint=make_hint())
+        from trainer.evaluate import run_eval  # after the preflight: its imports alone take seconds
+
         run_eval(cfg)
     except (StoreError, ModelUnavailableError, CheckpointError, ValueError) as exc:  # user-fixable
         print(f"error: {exc}", file=sys.stderr)

@@ -15,7 +15,10 @@ import hydra
 from omegaconf import DictConfig
 
 from core import random_weights
+from core.features import resolve_features
 from core.store import StoreError
+from core.weights import WeightsMissingError, make_hint, preflight
+from extractors.weights import features_weights
 from pipeline.errors import EXIT_FAILURES, EXIT_STORAGE, EXIT_USER, StorageError
 from pipeline.extract import ExtractError, run_extract
 
@@ -30,7 +33,12 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         random_weights.apply(cfg)  # weights=random: full-size random models (before anything is built)
+        # every missing model at once, in seconds, before the store is touched or Ray starts
+        preflight(features_weights(resolve_features(cfg.features)), make_hint=make_hint())
         report = run_extract(cfg)
+    except WeightsMissingError as exc:  # a list of commands: kept on its lines
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER)
     except StorageError as exc:
         _fail(str(exc), EXIT_STORAGE)
     except (StoreError, ExtractError, FileNotFoundError, ValueError) as exc:  # user-fixable: say what, not a stack trace

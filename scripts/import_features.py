@@ -30,7 +30,9 @@ def main(cfg: DictConfig) -> None:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         sys.exit(2)
     print(f"wrote {out['store']}: {out['videos']} videos in {out['shards']} shards, layouts {out['layouts']}")
-    print(f"config hash {out['config_hash']} from {out['hash_from']}")
+    # the files carry each modality's hash; the store's config_hash combines them (so it is not in any file)
+    per_modality = ", ".join(f"{m} {h}" for m, h in sorted(out["hashes"].items()))
+    print(f"config hashes {per_modality} from {out['hash_from']}; the store's combined config_hash {out['config_hash']}")
     if out["renamed_ids"]:
         raw, safe = out["renamed_example"]
         print(f"{out['renamed_ids']} ids were not safe video ids and were made safe as the datasets do "

@@ -47,7 +47,32 @@ def run_stages(cfg: DictConfig, entry: VideoEntry) -> dict:
     return payload["videos"][0]
 
 
-def render(video: dict, rows: int, png: Path) -> Path:
+def random_stages(cfg: DictConfig) -> list[str]:
+    """The stages that run with random-init weights (tiny presets): their views show the machinery,
+    not real depth, flow or normals, and the picture must say so."""
+    return [name for name, ext in resolve_features(cfg.features)["extractors"].items() if ext.get("random_init")]
+
+
+def caption(video: dict, random: list[str]) -> str:
+    """The figure's title: the video, its decoding, what is missing, and which stages are random."""
+    lines = [f"{video['video_id']}  ({video['decoder']}, {video['num_frames']} frames @ {video['fps']:.1f} fps)"]
+    if random:
+        lines.append(f"RANDOM-INIT weights (tiny preset) in {', '.join(random)}: not real estimates; "
+                     f"FEATURES=full for the real models")
+    errors = "; ".join(f"{e['stage']}: {e['reason']}" for e in video["errors"])
+    if errors:
+        lines.append(f"missing: {errors[:150]}")
+    return "\n".join(lines)
+
+
+def _point_cloud(ax, xyz: np.ndarray) -> None:
+    # voxel y grows downwards (image rows): plot height = 255 - y so up is up and the axis reads 0..255
+    ax.scatter(xyz[:, 0], xyz[:, 2], 255 - xyz[:, 1], s=1, c=xyz[:, 2], cmap="viridis")
+    ax.set(xlabel="x", ylabel="depth", zlabel="height", zlim=(0, 255))
+    ax.set_title(f"point cloud\n{len(xyz)} pts, voxel coords", fontsize=9, pad=12)
+
+
+def render(video: dict, rows: int, png: Path, random: list[str] = ()) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,13 +98,8 @@ def render(video: dict, rows: int, png: Path) -> Path:
             if c == 0:
                 ax.set_ylabel(f"frame {int(video['frame_indices'][i])}\nt={video['timestamps'][i]:.2f}s")
     if has_pc:
-        ax = fig.add_subplot(1, cols, cols, projection="3d")
-        xyz = video["features"]["pointcloud_xyz"].astype(float)
-        ax.scatter(xyz[:, 0], xyz[:, 2], -xyz[:, 1], s=1, c=xyz[:, 2], cmap="viridis")
-        ax.set_title(f"point cloud ({len(xyz)} pts, voxel coords)")
-    errors = "; ".join(f"{e['stage']}: {e['reason']}" for e in video["errors"])
-    fig.suptitle(f"{video['video_id']}  ({video['decoder']}, {video['num_frames']} frames @ {video['fps']:.1f} fps)"
-                 + (f"\nmissing: {errors[:150]}" if errors else ""))
+        _point_cloud(fig.add_subplot(1, cols, cols, projection="3d"), video["features"]["pointcloud_xyz"].astype(float))
+    fig.suptitle(caption(video, list(random)))
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=90)
@@ -93,7 +113,7 @@ def main(cfg: DictConfig) -> None:
     video = run_stages(cfg, entry)
     if video["failed"]:
         raise SystemExit(f"{entry.video_id}: {video['failed']['stage']} failed: {video['failed']['reason']}")
-    print(f"wrote {render(video, int(cfg.preview.frames), Path(cfg.preview.png))}")
+    print(f"wrote {render(video, int(cfg.preview.frames), Path(cfg.preview.png), random_stages(cfg))}")
 
 
 if __name__ == "__main__":

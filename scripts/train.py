@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 from core import random_weights
 from core.hub import ModelUnavailableError
 from core.store import StoreError
+from core.weights import make_hint, preflight
+from model.weights import crema_weights
 from trainer.checkpoint import CheckpointError
-from trainer.recipe import Trainer
 
 # A deprecation inside peft's transformers checks, once per adapter: noise for users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -27,6 +28,9 @@ def main(cfg: DictConfig) -> None:
     try:
         random_weights.apply(cfg)  # weights=random: full-size random models; refuses a store of the other kind
         random_weights.check_store_weights(cfg.store, cfg, cfg.model.modalities)
+        preflight(crema_weights(cfg.model), make_hint=make_hint())  # all missing models at once, before any work
+        from trainer.recipe import Trainer  # after the preflight: its imports alone take seconds
+
         trainer = Trainer(cfg)
         state = trainer.train()
         if not state.finished:

@@ -1,7 +1,8 @@
 # make verify DATASET=demo [OUT=outputs/features]   (== python scripts/verify.py dataset=demo out=outputs/features)
 """Check a store against its manifest, its markers and their checksums (Hydra app over
 conf/verify.yaml; the checks: pipeline.verify). Exit 0: all is well; 1: problems, listed;
-2: no store there."""
+2: no store there. Through `make verify`, make prints the code as `Error N` and itself exits 2
+for any of them (use the script, or read that line, to tell 1 from 2)."""
 
 from __future__ import annotations
 

@@ -496,7 +496,16 @@ def test_videos_from_list_file(video_tree, tmp_path):
     assert [v.path for v in index.videos] == [
         str(video_tree / "b.mp4"), str(video_tree / "a" / "one.MKV"), str(outside), str(video_tree / "missing" / "gone.mp4"),
     ]
-    assert [v.video_id for v in index.videos][:2] == ["b.mp4", safe_video_id("a/one.MKV")]
+    assert [v.video_id for v in index.videos][:3] == ["b.mp4", safe_video_id("a/one.MKV"), "c.mp4"]
+
+
+def test_a_list_of_absolute_paths_gets_the_ids_its_folder_would(video_tree, tmp_path):
+    """issue 27: DATA=list.txt with absolute paths gave ids like `tmp_..._b.mp4-802ad4f4`."""
+    listing = _write(tmp_path / "lists" / "list.txt", f"{video_tree / 'b.mp4'}\n{video_tree / 'a' / 'one.MKV'}\n")
+    by_list = {v.video_id: v.path for v in load_dataset({"name": "videos", "path": str(listing)}).videos}
+    by_folder = {v.video_id: v.path for v in load_dataset({"name": "videos", "path": str(video_tree)}).videos}
+    assert by_list == {k: v for k, v in by_folder.items() if v in by_list.values()}
+    assert set(by_list) == {"b.mp4", safe_video_id("a/one.MKV")}
 
 
 def test_videos_errors(tmp_path):

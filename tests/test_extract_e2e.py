@@ -165,26 +165,35 @@ def test_store_from_another_config_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("modality, command, key", [
-    ("rgb", "hf download Salesforce/blip2-flan-t5-xl --revision", "features.extractors.encoder.resources.local_path="),
+    ("rgb", ".venv/bin/hf download Salesforce/blip2-flan-t5-xl --revision", "features.extractors.encoder.resources.local_path="),
     ("flow", "curl -L -o unimatch_scale2_refine6-mixdata-398760b1.ckpt", "features.extractors.flow.resources.local_path="),
 ])
 def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_command(tmp_path, modality, command,
                                                                                       key):
-    """The full preset offline: the error is raised in an actor of a real local Ray and caught by
-    its type on the driver. flow: the full preset's flow model is UniMatch (ptlflow's checkpoint)."""
+    """The full preset offline. rgb: no copy at all, so the weights preflight answers before Ray
+    starts (issue 27). flow: a copy that the preflight finds but that does not load (a broken
+    UniMatch checkpoint in torch.hub's folder): the error is raised in an actor of a real local Ray
+    and caught by its type on the driver."""
+    if modality == "flow":
+        (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "torch" / "hub" / "checkpoints" / "unimatch_scale2_refine6-mixdata-398760b1.ckpt").write_bytes(b"x")
+    # flow's images go through the encoder: a random-init one, so that only the flow model is missing
+    swap = ["extractor@features.extractors.encoder=encoder_tiny"] if modality == "flow" else []
     cpu = [f"features.extractors.{s}.resources.{k}={v}" for s in ("encoder", "flow") for k, v in
            (("num_gpus", 0), ("device", "cpu"), ("num_cpus", 0.5))]
     env = own_ray_env(TORCH_HOME=str(tmp_path / "torch"), https_proxy="http://127.0.0.1:9",
                       HTTPS_PROXY="http://127.0.0.1:9")
     proc = subprocess.run(extract_cmd(f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
-                                      "features=full", f"features.modalities=[{modality}]", *cpu,
+                                      "features=full", f"features.modalities=[{modality}]", *swap, *cpu,
                                       "features.decode.resources.concurrency=1", "features.decode.resources.num_cpus=0.5"),
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     first = proc.stderr[proc.stderr.index("error: "):].splitlines()[0]
-    assert first.startswith("error: model 'Salesforce/blip2-flan-t5-xl'" if modality == "rgb" else
+    assert first.startswith("error: 1 model(s) this run needs are not on this machine" if modality == "rgb" else
                             "error: ptlflow model 'unimatch_sc2_ref6' checkpoint 'mix'"), first
     assert command in proc.stderr and key in proc.stderr
+    if modality == "rgb":
+        assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
 
 
 def test_a_corrupt_shard_is_found_and_extracted_again(tmp_path):

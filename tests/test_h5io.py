@@ -258,6 +258,12 @@ def test_export_cli_exit_codes(store, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert f"wrote {tmp_path}/rgb.h5: rgb stacked, 5 videos float16 (4, 5, 6)" in ok.stdout
     assert h5_attrs(tmp_path / "rgb.h5")["layout"] == "stacked"
+    # issue 27: the import's log named the store's combined hash as if it were the file's attr
+    imported = run_script("scripts/import_features.py", f"out={tmp_path / 'imp'}", "dataset=demo",
+                          f"import.path={tmp_path / 'rgb.h5'}")
+    assert imported.returncode == 0, imported.stderr
+    assert f"config hashes rgb {h5_attrs(tmp_path / 'rgb.h5')['config_hash']} from the config_hash attr" \
+        in imported.stdout, imported.stdout
     bad = run_script(*common, "export.modality=thermal")
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "it has rgb, audio" in errors[0], bad.stderr

@@ -25,3 +25,20 @@ def test_preview_renders_every_view(tmp_path):
     img = np.asarray(Image.open(png).convert("RGB"))
     # 4 image columns + the point cloud, 2 rows: a wide figure with real content (not blank)
     assert img.shape[1] > 4 * img.shape[0] / 2 and img.std() > 20
+
+
+def test_the_title_says_which_stages_have_random_weights():
+    """issue 27: nothing on the preview said that the tiny preset's depth model is random."""
+    from hydra import compose, initialize_config_dir
+
+    from scripts.preview import caption, random_stages
+
+    def stages(preset):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return random_stages(compose(config_name="preview", overrides=[f"features={preset}"]))
+
+    tiny = stages("tiny")
+    assert "depth" in tiny and "encoder" in tiny and stages("full") == []
+    video = {"video_id": "v", "decoder": "decord", "num_frames": 2, "fps": 10.0, "errors": []}
+    assert "RANDOM-INIT weights (tiny preset) in depth" in caption(video, tiny)
+    assert "RANDOM" not in caption(video, [])

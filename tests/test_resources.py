@@ -119,6 +119,18 @@ def test_fused_actors_share_one_gpu_and_split_the_cpus():
         check_fused({**res, "num_cpus": 8.0}, {"CPU": 16.0, "GPU": 4.0}, local=True)
 
 
+def test_a_stage_gpu_number_under_the_fused_plan_is_named_not_dropped_silently(caplog):
+    """issue 27: `num_gpus=0.5` on a stage was ignored without a word under the fused plan."""
+    features, _store = full("features.modalities=[rgb,depth]", "features.extractors.depth.resources.num_gpus=0.5")
+    with caplog.at_level("WARNING", logger="crema.resources"):
+        res = fit_fused({"actors_per_gpu": 2}, features, {"CPU": 4.0, "GPU": 1.0}, shards=10)
+    assert "features.extractors.depth.resources.num_gpus=0.5" in caplog.text and "plan.mode=stages" in caplog.text
+    assert f"plan.fused.num_gpus={res['num_gpus']:g}" in caplog.text
+    caplog.clear()
+    fit_fused({"actors_per_gpu": 2}, full("features.modalities=[rgb,depth]")[0], {"CPU": 4.0, "GPU": 1.0}, shards=10)
+    assert caplog.text == ""  # autos (and the 0 of CPU-only stages) say nothing
+
+
 # --------------------------------------------------------------------------- a payload that shrinks
 
 

@@ -130,6 +130,23 @@ def test_mismatched_config_is_refused_naming_both_hashes(store):
     assert FeatureStore(root, {"audio": "h9"}).video_ids == []
 
 
+def test_a_store_without_a_finished_shard_is_replaced_by_another_config(tmp_path):
+    """A run that failed before its first shard (issue 27) must not block a run of another config."""
+    root = tmp_path / "videos"
+    init_store(root, dataset="videos", hashes={"rgb": "full", "audio": "full-a"})
+    (root / "shards.jsonl").write_text('{"shard": "train-00000", "videos": ["a"]}\n')
+    partial = root / "train" / ".tmp-train-00000-x"  # killed after its marker, before the rename
+    partial.mkdir(parents=True)
+    (partial / MARKER).write_text("{}")
+    assert init_store(root, dataset="videos", hashes={"rgb": "tiny"}) == {"rgb": "tiny"}
+    assert json.loads((root / "store.json").read_text())["modalities"].keys() == {"rgb"}
+    assert not (root / "shards.jsonl").exists() and not partial.exists()
+    # an old-format store without shards goes the same way
+    meta = json.loads((root / "store.json").read_text())
+    (root / "store.json").write_text(json.dumps({**meta, "format": "crema-store/1"}))
+    assert init_store(root, dataset="videos", hashes={"rgb": "tiny"}) == {"rgb": "tiny"}
+
+
 def test_a_store_of_the_old_format_is_refused_with_what_to_do(store):
     root, *_ = store
     meta = json.loads((root / "store.json").read_text())
@@ -270,6 +287,8 @@ def test_a_modality_with_other_decode_settings_is_refused_naming_both(tmp_path):
     init_store(root, dataset="demo", hashes=modality_hashes(base), features=modality_views(base))
     same = cfg(["normal"], 8)
     assert "normal" in init_store(root, dataset="demo", hashes=modality_hashes(same), features=modality_views(same))
+    (root / "train" / "train-00000.zarr").mkdir(parents=True)  # a finished shard: the store holds features
+    (root / "train" / "train-00000.zarr" / MARKER).write_text("{}")
     other = cfg(["depth"], 4)
     with pytest.raises(StoreMismatchError, match=r"depth: store decode \{num_frames_stored: 8\} \(as audio, normal, rgb\), "
                                                  r"this run decode \{num_frames_stored: 4\}"):

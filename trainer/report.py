@@ -80,9 +80,25 @@ class MetricsLog:
         return rows
 
 
-def plot_curves(rows: list[dict], out: Path) -> Path:
+LOSS_LABELS = {"lm": "LM loss (answer tokens)", "options": "rank-classification loss (options)"}
+
+
+def _loss_lines(steps: dict) -> dict[str, list[tuple[int, float]]]:
+    """{label: [(step, loss)]}: one line per modality, or ONE line when every modality logged the
+    same value (a joint step logs its loss under each modality: six identical curves hide each other)."""
+    losses = defaultdict(list)
+    for s in sorted(steps):
+        for owner, v in steps[s]["loss"].items():
+            losses[owner].append((s, v))
+    if len(losses) > 1 and all(len(set(round(v, 6) for v in steps[s]["loss"].values())) == 1 for s in steps):
+        return {"all modalities": next(iter(losses.values()))}
+    return dict(losses)
+
+
+def plot_curves(rows: list[dict], out: Path, *, loss: str | None = None) -> Path:
     """Three panels: training loss per modality step, validation accuracy per epoch, and each
-    modality's average LoRA gradient norm per epoch with its early exit marked."""
+    modality's average LoRA gradient norm per epoch with its early exit marked. `loss` is
+    model.loss (lm | options), for the axis label; the setup event's `loss` is used when absent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,13 +110,12 @@ def plot_curves(rows: list[dict], out: Path) -> Path:
     evals = {r["epoch"]: r for r in rows if r["event"] == "eval" and r.get("split") == "val"}
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    losses = defaultdict(list)
-    for s in sorted(steps):
-        for owner, v in steps[s]["loss"].items():
-            losses[owner].append((s, v))
+    losses = _loss_lines(steps)
     for owner, pts in losses.items():
         axes[0].plot(*zip(*pts), label=owner, lw=1)
-    axes[0].set(title="training loss (per modality step)", xlabel="optimizer step", ylabel="LM loss")
+    loss = loss or next((r.get("loss") for r in rows if r["event"] == "setup"), None)
+    axes[0].set(title="training loss (per modality step)", xlabel="optimizer step",
+                ylabel=LOSS_LABELS.get(loss, "training loss (model.loss)"))
     if losses:
         axes[0].legend(fontsize=8)
 
