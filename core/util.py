@@ -22,6 +22,15 @@ def to_plain(node: Any) -> Any:
     return node
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's entry to disk (a directory: the renames inside it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` so that readers see the old file or the whole new one, never a part:
     a temporary beside it, flushed and fsynced, then renamed over it."""

@@ -256,13 +256,14 @@ def _decord_reader(path: str, max_side: int | None):
     return vr
 
 
-def _gather_decord(vr, groups: list[np.ndarray]) -> list[np.ndarray]:
-    """The frames at each group's indices, each distinct frame decoded once, a few at a time."""
+def _gather(read_batch, groups: list[np.ndarray]) -> list[np.ndarray]:
+    """The frames at each group's indices, each distinct frame decoded once, a few at a time
+    (``read_batch(indices) -> uint8 [k, H, W, 3]`` in host memory): the copy stays bounded."""
     want = np.unique(np.concatenate(groups))
     outs: list[np.ndarray] | None = None
     for k in range(0, len(want), DECORD_CHUNK):
         chunk = want[k : k + DECORD_CHUNK]
-        batch = vr.get_batch(chunk.tolist()).asnumpy()
+        batch = read_batch(chunk.tolist())
         if outs is None:
             outs = [np.empty((len(g),) + batch.shape[1:], np.uint8) for g in groups]
         for j, i in enumerate(chunk):
@@ -283,7 +284,7 @@ def _decode_decord(path: str, cfg: DecodeConfig, start, end) -> dict:
         raise DecodeError("no decodable video frames")
     times, fps = _decord_times(vr), float(vr.get_avg_fps())
     idx, span = sample_by_time(times, cfg.num_frames_stored, start, end, fps)
-    outs = _gather_decord(vr, _groups(idx, n))
+    outs = _gather(lambda ids: vr.get_batch(ids).asnumpy(), _groups(idx, n))
     return {"frames": outs[0], "next_frames": outs[1] if len(outs) > 1 else None, "frame_indices": idx,
             "timestamps": times[idx], "fps": fps, "num_frames": n, "decoder": "decord", "span": span}
 
@@ -326,28 +327,12 @@ def _torchcodec_reader(path: str, max_side: int | None, device: str, n: int):
     return decoder
 
 
-def _gather_torchcodec(decoder, groups: list[np.ndarray]) -> list[np.ndarray]:
-    """As `_gather_decord`: each distinct frame decoded once, a few per call, copied to host memory."""
-    want = np.unique(np.concatenate(groups))
-    outs: list[np.ndarray] | None = None
-    for k in range(0, len(want), DECORD_CHUNK):
-        chunk = want[k : k + DECORD_CHUNK]
-        batch = decoder.get_frames_at(chunk.tolist()).data.cpu().numpy()
-        if outs is None:
-            outs = [np.empty((len(g),) + batch.shape[1:], np.uint8) for g in groups]
-        for j, i in enumerate(chunk):
-            for g, out in zip(groups, outs):
-                out[g == i] = batch[j]
-        del batch
-    return outs
-
-
 def _decode_torchcodec(path: str, cfg: DecodeConfig, start, end) -> dict:
     times, fps = _pyav_times(path)
     n = len(times)
     decoder = _torchcodec_reader(path, cfg.max_side, cfg.device, n)
     idx, span = sample_by_time(times, cfg.num_frames_stored, start, end, fps)
-    outs = _gather_torchcodec(decoder, _groups(idx, n))
+    outs = _gather(lambda ids: decoder.get_frames_at(ids).data.cpu().numpy(), _groups(idx, n))
     return {"frames": outs[0], "next_frames": outs[1] if len(outs) > 1 else None, "frame_indices": idx,
             "timestamps": times[idx], "fps": fps, "num_frames": n, "decoder": "torchcodec", "span": span}
 
@@ -355,7 +340,7 @@ def _decode_torchcodec(path: str, cfg: DecodeConfig, start, end) -> dict:
 def _stream_torchcodec(path: str, timestamps: np.ndarray, cfg: "DecodeConfig") -> np.ndarray:
     times, _ = _pyav_times(path)
     decoder = _torchcodec_reader(path, cfg.max_side, cfg.device, len(times))
-    return _gather_torchcodec(decoder, [nearest_frames(times, timestamps)])[0]
+    return _gather(lambda ids: decoder.get_frames_at(ids).data.cpu().numpy(), [nearest_frames(times, timestamps)])[0]
 
 
 # ------------------------------------------------------------------------------------------ PyAV
@@ -644,7 +629,7 @@ def _stream_decord(path: str, timestamps: np.ndarray, cfg: "DecodeConfig") -> np
     vr = _decord_reader(path, cfg.max_side)
     if len(vr) == 0:
         raise DecodeError("no decodable video frames")
-    return _gather_decord(vr, [nearest_frames(_decord_times(vr), timestamps)])[0]
+    return _gather(lambda ids: vr.get_batch(ids).asnumpy(), [nearest_frames(_decord_times(vr), timestamps)])[0]
 
 
 def _stream_pyav(path: str, timestamps: np.ndarray, cfg: "DecodeConfig") -> np.ndarray:

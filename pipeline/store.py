@@ -9,7 +9,6 @@ next run deletes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -28,23 +27,15 @@ FRAME_KEYS = frozenset(k for row in MODALITIES.values() if row.kind == "frame" f
 from core.features import combined_hash
 from core.store import (FAILURES, LOCK, MARKER, STORE_FORMAT, STORE_META, ShardSpec, StoreError, StoreMismatchError,
                         array_digest, raw_dir, read_marker, read_store_meta, read_verified, registry)
-from core.util import TMP_PREFIX, write_json_atomic, write_text_atomic
+from core.util import TMP_PREFIX, fsync_path, write_json_atomic, write_text_atomic
 from pipeline.lease import FENCE
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(folder: Path) -> None:
     """Flush every file and directory under `folder` to disk: a node crash after the rename must
     not leave a marker that vouches for data still in the page cache."""
     for path in sorted(folder.rglob("*"), reverse=True) + [folder]:
-        _fsync(path)
+        fsync_path(path)
 
 
 # --------------------------------------------------------------------------- store level
@@ -301,7 +292,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         aside = final.with_name(f"{final.name}{REPLACED}{uuid.uuid4().hex[:8]}")
         final.rename(aside)
     tmp.rename(final)
-    _fsync(final.parent)  # the renames themselves
+    fsync_path(final.parent)  # the renames themselves
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 

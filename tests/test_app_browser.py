@@ -134,7 +134,7 @@ def test_explore_shows_report_and_why_a_video_failed(served, page):
     assert "35" in page.inner_text("#ex-report")  # 35 of 36 videos ok
     page.fill("#ex-search textarea", broken)
     page.press("#ex-search textarea", "Enter")
-    page.wait_for_function(f"document.querySelector('#ex-table').innerText.includes('failed')")
+    page.wait_for_function("document.querySelector('#ex-table').innerText.includes('failed')")
     page.fill("#ex-video textarea", broken)
     page.click("#ex-show")
     page.wait_for_function("document.querySelector('#ex-detail').innerText.includes('FAILED')")

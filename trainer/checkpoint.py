@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as serialize
 
-from core.util import TMP_PREFIX
+from core.util import TMP_PREFIX, fsync_path
 from trainer.killpoints import reached
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,6 @@ def _position(directory: Path) -> tuple[int, int] | None:
 
 
 # ---------------------------------------------------------------------- durable writes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durable(path: Path, data: bytes) -> dict:
@@ -153,7 +145,7 @@ def _write_folder(tmp: Path, kind: str, *, model, optimizer, state: dict) -> Non
     state = {**state, "files": files}
     state["digest"] = _digest(state)
     _write_durable(tmp / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
-    _fsync_dir(tmp)
+    fsync_path(tmp)
     reached(f"{kind}:written")
 
 
@@ -168,7 +160,7 @@ def _put_in_place(tmp: Path, final: Path, kind: str) -> None:
             set_aside(final, str(exc))
     os.rename(tmp, final)
     reached(f"{kind}:renamed")
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 def prune(root: Path, kind: str, keep: int, run_id: str | None) -> None:
