@@ -219,7 +219,7 @@ class Trainer:
                 return self.state  # max_steps reached mid-run: checkpointed, not finished
             self._end_epoch()
         self.state.finished = True
-        plot_curves(self.log.read(), self.run_dir / "curves.png")
+        plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
         return self.state
 
     def _active(self) -> list[str]:
@@ -365,7 +365,7 @@ class Trainer:
             self.log.write("test" if split == "test" else "final_val", split=split, step=self.state.step,
                            checkpoint=str(best), **summary)
         write_report(self.run_dir / "report.md", results, best, self.modalities)
-        plot_curves(self.log.read(), self.run_dir / "curves.png")
+        plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
         return results
 
     def _best_checkpoint(self) -> Path:
