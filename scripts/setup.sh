@@ -11,7 +11,11 @@ ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0" || need_pkgs+=(libusb-1.0-0)
 ldconfig -p 2>/dev/null | grep -q "libgomp.so.1" || need_pkgs+=(libgomp1)
 # torchcodec loads the system's FFmpeg libraries (4 to 8); Debian 12 ships FFmpeg 5.1. Without
 # them torchcodec refuses every file and the next decoder in features.decode.resources.decoders decodes.
+# A fresh machine's apt lists may be empty (apt-cache then knows no package): read them once first.
 if ! ldconfig -p 2>/dev/null | grep -q "libavdevice.so"; then
+  if ! apt-cache show libavdevice59 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -q >/dev/null 2>&1 || true
+  fi
   apt-cache show libavdevice59 >/dev/null 2>&1 \
     && need_pkgs+=(libavdevice59 libavfilter8 libavformat59 libavcodec59 libavutil57 libswscale6 libswresample4)
 fi
