@@ -131,7 +131,7 @@ def test_make_predict_passes_quotes_and_options_through():
     from presets import CONF
 
     question, options = 'what\'s the "red" thing?', ["it's a", 'b "c"', "it does not move"]
-    dry = subprocess.run(["make", "-n", "predict", "VIDEO=x.mp4", f"QUESTION={question}", f"OPTIONS={'|'.join(options)}"],
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "predict", "VIDEO=x.mp4", f"QUESTION={question}", f"OPTIONS={'|'.join(options)}"],
                          cwd=CONF.parent, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     overrides = [a for a in shlex.split(dry) if a.startswith("predict.")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
