@@ -291,9 +291,9 @@ def _decode_decord(path: str, cfg: DecodeConfig, start, end) -> dict:
 # ------------------------------------------------------------------------------------ torchcodec
 
 
-def _pyav_times(path: str) -> tuple[np.ndarray, float]:
-    """Every frame's presentation time (seconds from the video stream's start, sorted) and the
-    mean frame rate, from the demuxer alone (no decoding)."""
+def _pyav_probe(path: str):
+    """(mean fps, time base, stream start, every packet's pts, keyframe flags) of the first video
+    stream, from the demuxer alone (no decoding)."""
     import av
 
     with av.open(path) as container:
@@ -301,8 +301,14 @@ def _pyav_times(path: str) -> tuple[np.ndarray, float]:
             raise DecodeError("no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        tb, start = stream.time_base, stream.start_time
-        pts, _ = _pyav_timeline(container, stream)
+        pts, keys = _pyav_timeline(container, stream)
+        return fps, stream.time_base, stream.start_time, pts, keys
+
+
+def _pyav_times(path: str) -> tuple[np.ndarray, float]:
+    """Every frame's presentation time (seconds from the video stream's start, sorted) and the
+    mean frame rate, from the demuxer alone (no decoding)."""
+    fps, tb, start, pts, _ = _pyav_probe(path)
     if not pts or any(p is None for p in pts):
         raise DecodeError("the packets carry no timestamps")
     order = np.sort(np.asarray(pts, np.int64))
@@ -443,15 +449,7 @@ def _pyav_gather(path: str, max_side: int | None, choose) -> tuple[list[np.ndarr
     """Decode only the frames `choose(times, n, fps) -> (groups of frame indices, extra)` picks.
 
     Returns (one uint8 [len, H, W, 3] array per group, every frame's time, info)."""
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise DecodeError("no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        tb, start = stream.time_base, stream.start_time
-        pts, keys = _pyav_timeline(container, stream)
+    fps, tb, start, pts, keys = _pyav_probe(path)
     n = len(pts)
     if n == 0:
         raise DecodeError("no decodable video frames")
