@@ -18,6 +18,13 @@ RAY_ADDRESS ?= http://127.0.0.1:8265
 CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
 SUBMIT_FLAGS ?=
 CHECK    ?=
+# make train NPROC=<processes per node> [NNODES=<m> NODE_RANK=<r> MASTER_ADDR=<node 0> MASTER_PORT=<port>]:
+# data-parallel training under torchrun (docs/training.md "Several GPUs / nodes")
+NPROC       ?= 1
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
 
 PY    := .venv/bin/python
 STAMP := .venv/.crema-setup
@@ -27,6 +34,11 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
+# One node: --standalone (a free local rendezvous port); several: the static rendezvous on node 0.
+TORCHRUN = $(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) \
+  $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+  --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT))
+TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN),$(PY))
 
 .PHONY: help setup weights demo-figures data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview predict app browser submit slurm-local clean
 help:  ## list the targets
@@ -48,8 +60,8 @@ data: $(STAMP)  ## check a dataset folder without extracting: make data DATASET=
 extract: $(STAMP)  ## extract features: make extract DATASET=nextqa [DATA=...] [ARGS="store.shard_size=16"]
 	$(PY) scripts/extract.py $(HYDRA_COMMON) $(ARGS)
 
-train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo ARGS="trainer.epochs=3"
-	$(PY) scripts/train.py $(HYDRA_COMMON) $(ARGS)
+train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo [NPROC=2 ...] ARGS="trainer.epochs=3"
+	$(TRAIN_LAUNCH) scripts/train.py $(HYDRA_COMMON) $(ARGS)
 
 eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo [CKPT=<checkpoint or folder of them>] [ARGS=...]
 	$(PY) scripts/eval.py $(HYDRA_COMMON) $(if $(CKPT),ckpt=$(CKPT)) $(ARGS)

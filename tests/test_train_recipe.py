@@ -161,7 +161,7 @@ def test_the_full_preset_is_the_references_recipe_per_dataset(dataset):
     lr, min_lr, warmup, epochs, batch, new_tokens, opening, normalize = REFERENCE[dataset]
     assert (tc.lr, tc.min_lr, tc.warmup_steps, tc.epochs, tc.global_batch) == (lr, min_lr, warmup, epochs, batch)
     assert tc.schedule == "lavis" and tc.warmup_start_lr == 1e-8 and not tc.early_exit.enabled
-    assert tc.batch_size * tc.devices * tc.grad_accum == tc.global_batch
+    assert tc.batch_size * tc.grad_accum(1) == tc.global_batch
     assert (tc.decoding.num_beams, tc.decoding.length_penalty, tc.decoding.max_new_tokens) == (5, -1.0, new_tokens)
     template = tc.prompt.multiple_choice if dataset == "nextqa" else tc.prompt.open_ended
     assert template.startswith(opening) and tc.prompt.normalize == normalize
@@ -171,13 +171,17 @@ def test_the_full_preset_is_the_references_recipe_per_dataset(dataset):
 
 def test_music_avqa_reaches_its_global_batch_by_accumulation_and_early_exit_is_a_preset():
     """What `python scripts/train.py dataset=music_avqa features=full --cfg job` prints (the same
-    composition): 72 = 24 per device x 3 accumulation on one device."""
+    composition): 72 = 24 per device x 3 accumulation on one device, x 1 on the reference's 3 GPUs;
+    2 GPUs cannot reach 72 with 24 each, and say so."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         node = compose(config_name="train", overrides=["dataset=music_avqa", "features=full"]).trainer
         trainer = OmegaConf.to_container(node, resolve=True)
     assert (trainer["global_batch"], trainer["batch_size"], trainer["lr"], trainer["min_lr"]) == (72, 24, 2e-4, 0.0)
     assert trainer["decoding"]["length_penalty"] == -1.0 and trainer["early_exit"]["enabled"] is False
-    assert TrainerConfig.from_cfg(trainer).grad_accum == 3
+    tc = TrainerConfig.from_cfg(trainer)
+    assert (tc.grad_accum(1), tc.grad_accum(3)) == (3, 1)
+    with pytest.raises(ValueError, match=r"global_batch=72 is not a multiple of trainer.batch_size=24 x 2 ranks"):
+        tc.grad_accum(2)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for dataset, tau in (("music_avqa", 1.4), ("sqa3d", 1.8)):
             ee = compose(config_name="train", overrides=[f"dataset={dataset}", "features=full",
@@ -272,7 +276,7 @@ def test_resume_continues_exactly(setup, tmp_path):
     resumed_dir = f"run_dir={tmp_path}/resumed"
     Trainer(compose_train(tmp_path, f"trainer.max_steps={k}", resumed_dir)).train()
     part = Trainer(compose_train(tmp_path, f"trainer.max_steps={n}", resumed_dir))
-    assert part.state.step == k and part.state.batch == k
+    assert part.state.step == k and part.state.samples == k * part.tc.global_batch
     part.train()
     got = _step_losses(Path(tmp_path / "resumed"))
     assert sorted(got) == sorted(ref) == list(range(1, n + 1))

@@ -76,8 +76,7 @@ class TrainerConfig:
 
     epochs: int
     global_batch: int   # questions per optimizer step, as the reference's run (per-GPU batch x GPUs)
-    batch_size: int     # questions per micro-batch on one device
-    devices: int        # data-parallel processes: grad_accum = global_batch / (batch_size x devices)
+    batch_size: int     # questions per micro-batch on one device (one rank)
     eval_batch_size: int
     lr: float
     min_lr: float
@@ -102,16 +101,18 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"trainer.schedule={self.schedule!r}: choose from {list(SCHEDULES)}")
-        per_step = self.batch_size * self.devices
-        if self.batch_size < 1 or self.devices < 1 or self.global_batch % per_step:
-            raise ValueError(f"trainer.global_batch={self.global_batch} is not a multiple of trainer.batch_size="
-                             f"{self.batch_size} x trainer.devices={self.devices}: change batch_size so that "
-                             f"batch_size x devices x accumulation = global_batch")
+        self.grad_accum(1)
 
-    @property
-    def grad_accum(self) -> int:
-        """Micro-batches per optimizer step on each device."""
-        return self.global_batch // (self.batch_size * self.devices)
+    def grad_accum(self, ranks: int) -> int:
+        """Micro-batches per optimizer step on each of `ranks` data-parallel processes; a global
+        batch that batch_size x ranks does not divide is a ValueError naming the numbers."""
+        per_step = self.batch_size * ranks
+        if self.batch_size < 1 or ranks < 1 or self.global_batch % per_step:
+            on = f" x {ranks} ranks" if ranks > 1 else ""
+            raise ValueError(f"trainer.global_batch={self.global_batch} is not a multiple of trainer.batch_size="
+                             f"{self.batch_size}{on}: choose batch_size (and the number of processes) so that "
+                             f"batch_size x ranks x accumulation = global_batch")
+        return self.global_batch // per_step
 
     @classmethod
     def from_cfg(cls, node: Any) -> "TrainerConfig":
@@ -127,8 +128,9 @@ class TrainerConfig:
         return _typed(cls, d, "trainer")
 
     def resume_view(self) -> dict:
-        """The keys that change what a run computes: a resume refuses a checkpoint made with others."""
-        keep = ("global_batch", "batch_size", "devices", "lr", "min_lr", "weight_decay", "betas", "schedule",
+        """The keys that change what a run computes: a resume refuses a checkpoint made with others.
+        The number of ranks is not one of them: a run resumes onto another (docs/training.md)."""
+        keep = ("global_batch", "batch_size", "lr", "min_lr", "weight_decay", "betas", "schedule",
                 "warmup_steps", "warmup_start_lr", "epochs", "sequential", "early_exit", "bf16", "data", "prompt")
         full = dataclasses.asdict(self)
         full["betas"] = list(self.betas)

@@ -160,10 +160,17 @@ def collate(samples: list[dict]) -> dict:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """This epoch's order (a permutation seeded by (seed, epoch), or in order), from `start` on."""
+    """This rank's part of the epoch's order (a permutation seeded by (seed, epoch), or in order),
+    from the global sample position `start` on.
 
-    def __init__(self, size: int, *, shuffle: bool, seed: int = 0):
-        self.size, self.shuffle, self.seed = size, shuffle, seed
+    Rank r of W takes the positions start + r, start + r + W, ...: with `start` at a step boundary
+    (a multiple of the global batch, so of W), the questions one optimizer step sees are those
+    the same step sees on any other number of ranks, and a position counted in samples resumes
+    onto another W.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int) -> None:
@@ -175,10 +182,15 @@ class EpochSampler(torch.utils.data.Sampler):
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist()
 
     def __iter__(self):
-        return iter(self.order()[self.start:])
+        return iter(self.order()[self.start + self.rank::self.world])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(range(self.start + self.rank, self.size, self.world))
+
+
+def rank_share(begin: int, end: int, rank: int, world: int) -> int:
+    """How many of the global positions [begin, end) rank `rank` of `world` reads (EpochSampler's rule)."""
+    return len(range(begin + rank, end, world))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -231,6 +243,9 @@ def own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def eval_loader(ds: QADataset, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
+def eval_loader(ds, batch_size: int, num_workers: int, *, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+    """A split in order; with `world` > 1, rank `rank`'s share (every world-th question from
+    `rank` on), so that the ranks together read each question exactly once."""
+    part = ds if world == 1 else torch.utils.data.Subset(ds, range(rank, len(ds), world))
+    return torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate,
                                        num_workers=num_workers, generator=own_generator())

@@ -21,7 +21,7 @@ from core.datasets import load_dataset
 from core.util import pick_device, to_plain
 from model.config import CremaConfig
 from model.crema import Crema, crema
-from trainer import checkpoint
+from trainer import checkpoint, distributed
 from trainer.config import DecodingConfig, PromptConfig, TrainerConfig
 from trainer.data import eval_loader, open_store, split_datasets, to_device
 from trainer.metrics import Scoring, chance_level, qtype_table, score, summarize
@@ -42,11 +42,35 @@ def evaluate(model: Crema, loader, device: torch.device, *, modalities=None, lor
              decoding: DecodingConfig | None = None) -> tuple[dict, list[dict]]:
     """(summary with strict and reference accuracy overall, per question type and group;
     per-question rows). `decoding` (the dataset's beam search) overrides the model's defaults."""
+    rows = predict_rows(model, loader, device, modalities=modalities, lora_off=lora_off, bf16=bf16, desc=desc,
+                        scoring=scoring, decoding=decoding)
+    return summarize_rows(rows, scoring), rows
+
+
+@torch.no_grad()
+def evaluate_split(model: Crema, ds, device: torch.device, *, batch_size: int, num_workers: int, bf16=True,
+                   desc="eval", scoring: Scoring | None = None,
+                   decoding: DecodingConfig | None = None) -> tuple[dict, list[dict]]:
+    """`evaluate` of a whole split by every data-parallel rank at once: each rank predicts its
+    share (data.eval_loader), the rows are gathered back into the split's order, and every rank
+    scores every question exactly once (the same summary on every rank)."""
+    world = distributed.world_size()
+    loader = eval_loader(ds, batch_size, num_workers, rank=distributed.rank(), world=world)
+    mine = predict_rows(model, loader, device, bf16=bf16, desc=desc, scoring=scoring, decoding=decoding)
+    parts = distributed.all_gather_objects(mine)
+    # rank r read questions r, r + world, ...: question i is the (i // world)-th row of rank i % world
+    rows = [parts[i % world][i // world] for i in range(sum(len(p) for p in parts))]
+    return summarize_rows(rows, scoring), rows
+
+
+def predict_rows(model: Crema, loader, device: torch.device, *, modalities=None, lora_off=(), bf16=True,
+                 desc="eval", scoring: Scoring | None = None, decoding: DecodingConfig | None = None) -> list[dict]:
+    """One scored row per question of `loader`, in its order."""
     was_training = model.training
     model.eval()
     rows = []
     gen = dataclasses.asdict(decoding) if decoding is not None else None
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not distributed.is_main()):
         with autocast(device, bf16):
             preds = model.predict(to_device(batch, device), modalities=modalities, lora_off=lora_off, decoding=gen)
         for i, p in enumerate(preds):
@@ -56,9 +80,13 @@ def evaluate(model: Crema, loader, device: torch.device, *, modalities=None, lor
                          "choice": p["choice"], "answer": batch["answer"][i], "answer_idx": answer_idx,
                          "num_options": len(batch["options"][i]), **s})
     model.train(was_training)
+    return rows
+
+
+def summarize_rows(rows: list[dict], scoring: Scoring | None) -> dict:
     summary = summarize(rows, scoring)
     summary["chance"] = chance_level(rows)
-    return summary, rows
+    return summary
 
 
 PREDICTION_KEYS = ("qid", "qtype", "prediction", "answer", "choice", "answer_idx", "num_options")

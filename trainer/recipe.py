@@ -10,6 +10,11 @@ Modality-sequential training: every optimizer step (a group of `grad_accum` micr
 one forward/backward/step PER active modality. In modality m's pass the whole model runs
 forward, but only m's MMQA (and the fusion) build a graph, so only they get gradients and only
 they move; the other modalities' tokens come from their current weights without a graph.
+
+Data parallel (torchrun, trainer/distributed.py): every rank runs this same recipe on its share of
+each optimizer step's questions (data.EpochSampler) and the ranks sum their gradients with one
+explicit all-reduce per modality pass (`_sync_grads`), so the step is the one a single process
+takes on the whole global batch. Rank 0 alone writes checkpoints, metrics, curves and reports.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ from core import random_weights
 from core.datasets import load_dataset
 from core.util import pick_device
 from model.crema import Crema
-from trainer import checkpoint
+from trainer import checkpoint, distributed
 from trainer.config import TrainerConfig
-from trainer.data import (EpochSampler, collate, eval_loader, feature_widths, open_store, own_generator,
+from trainer.data import (EpochSampler, collate, feature_widths, open_store, own_generator, rank_share,
                           split_datasets, to_device)
-from trainer.evaluate import autocast, evaluate, write_report
+from trainer.evaluate import autocast, evaluate_split, write_report
 from trainer.metrics import Scoring
 from trainer.optim import build_optimizer, grad_norm, should_exit
-from trainer.report import MetricsLog, plot_curves
+from trainer.report import MetricsLog, NullLog, plot_curves
 from trainer.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,7 @@ class TrainState:
     """Everything besides tensors that a resume needs (saved in state.json)."""
 
     epoch: int = 0                 # current epoch (0-based)
-    batch: int = 0                 # micro-batches of this epoch already consumed
+    samples: int = 0               # questions of this epoch already consumed, over all ranks
     step: int = 0                  # optimizer steps so far (one per group of micro-batches)
     grad_sum: dict = field(default_factory=dict)    # modality -> sum of this epoch's LoRA grad norms
     grad_count: dict = field(default_factory=dict)
@@ -80,12 +85,14 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig):
         self.cfg, self.tc = cfg, TrainerConfig.from_cfg(cfg.trainer)
-        if self.tc.devices != 1:
-            raise ValueError(f"trainer.devices={self.tc.devices}: this trainer runs one process on one device; it "
-                             f"reaches trainer.global_batch by accumulation (set trainer.devices=1)")
+        # checked on every rank before the group forms: all ranks leave with the same error
+        self.grad_accum = self.tc.grad_accum(distributed.env_world_size())
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = pick_device(cfg.device)
+        device = pick_device(cfg.device)
+        distributed.setup(device.type)
+        self.device = distributed.local_device(device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         if self.tc.num_threads:
             torch.set_num_threads(self.tc.num_threads)
         torch.manual_seed(cfg.seed)
@@ -99,8 +106,10 @@ class Trainer:
         self.store = open_store(cfg)
         self.index = load_dataset(cfg.dataset)  # read once: the model's answer tokens and the data use it
         self.scoring = Scoring.from_dataset(cfg.dataset)
-        self.model = self._build_model()
+        self.model = self._build_model()  # the same seed on every rank: the same initial weights
         self.model.to(self.device)
+        if self.rank:  # a dropout stream of its own per rank (rank 0 keeps the single-process one)
+            torch.manual_seed(cfg.seed + self.rank)
         self.modalities = self.model.modalities
         self.data = split_datasets(self.index, self.store, self.modalities, self.model.config.num_frames,
                                    data=self.tc.data, prompt=self.tc.prompt)
@@ -109,17 +118,18 @@ class Trainer:
         if not self.data["val"].records:
             raise ValueError(f"dataset {cfg.dataset.name}: no validation questions. Model selection needs a real "
                              f"validation split (never test); set val_from_train in conf/dataset/{cfg.dataset.name}.yaml")
-        self.sampler = EpochSampler(len(self.data["train"]), shuffle=True, seed=cfg.seed)
+        self.sampler = EpochSampler(len(self.data["train"]), shuffle=True, seed=cfg.seed, rank=self.rank,
+                                    world=self.world)
         self.train_loader = torch.utils.data.DataLoader(
             self.data["train"], batch_size=self.tc.batch_size, sampler=self.sampler, collate_fn=collate,
             num_workers=self.tc.data.num_workers, generator=own_generator())
-        self.steps_per_epoch = math.ceil(math.ceil(len(self.data["train"]) / self.tc.batch_size) / self.tc.grad_accum)
+        self.steps_per_epoch = math.ceil(len(self.data["train"]) / self.tc.global_batch)
         self.optimizer, self.scheduler = build_optimizer(
             self.model.trainable_state(), lr=self.tc.lr, min_lr=self.tc.min_lr, weight_decay=self.tc.weight_decay,
             betas=self.tc.betas, warmup_steps=self.tc.warmup_steps, steps_per_epoch=self.steps_per_epoch,
             epochs=self.tc.epochs, schedule=self.tc.schedule, warmup_start_lr=self.tc.warmup_start_lr)
         self.state = TrainState()
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if self.is_main else NullLog()
         self.identity = self._identity()
         self.run_id = checkpoint.run_id_of(self.identity)
         self.resumed_from = None
@@ -127,6 +137,12 @@ class Trainer:
         self.model.mmqa.set_trainable([m for m in self.modalities if m not in self.state.exited])
         if self.resumed_from is None:  # a resumed log already holds these rows
             self._log_setup()
+        distributed.barrier()  # rank 0 has cleaned, pruned and truncated before anyone goes on
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes the run's files and tracker events."""
+        return distributed.is_main()
 
     def _build_model(self) -> Crema:
         widths = feature_widths(self.store, list(self.cfg.model.modalities))
@@ -152,17 +168,8 @@ class Trainer:
                 "data": {split: _records_identity(ds.records) for split, ds in self.data.items()}}
 
     def _maybe_resume(self) -> None:
-        mode = self.tc.resume
-        checkpoint.clean_temporaries(self.run_dir)
-        if mode == "never":
-            if self.ckpt_dir.exists():
-                log.warning("trainer.resume=never: deleting the old checkpoints in %s", self.ckpt_dir)
-                shutil.rmtree(self.ckpt_dir)
-            self.log.reset()
-            return
-        checkpoint.clean_temporaries(self.ckpt_dir)
-        checkpoint.refuse_other_runs(self.ckpt_dir, self.run_id, self.identity)
-        directory = checkpoint.newest_valid_last(self.ckpt_dir) if mode == "auto" else self._explicit(mode)
+        # rank 0 alone cleans up and picks the checkpoint; every rank then loads that one
+        directory = distributed.on_main(self._resume_point)
         if directory is None:
             self.log.reset()  # metrics of a run that never checkpointed: start afresh
             return
@@ -171,14 +178,29 @@ class Trainer:
         checkpoint.load_optimizer(self.model, self.optimizer, directory, saved["optimizer_groups"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainState(**saved["train_state"])
-        checkpoint.restore_rng(directory, saved["rng"])
+        if self.rank == 0:  # the other ranks' dropout streams are not saved: they restart from their seeds
+            checkpoint.restore_rng(directory, saved["rng"])
         self.log.truncate(saved["metrics_lines"])
-        # a kill between a save and its pruning left one checkpoint too many: finish that step
-        checkpoint.prune(self.ckpt_dir, "last", self.tc.keep_last, self.run_id)
-        checkpoint.prune_best(self.ckpt_dir, self.run_id)
+        if self.is_main:
+            # a kill between a save and its pruning left one checkpoint too many: finish that step
+            checkpoint.prune(self.ckpt_dir, "last", self.tc.keep_last, self.run_id)
+            checkpoint.prune_best(self.ckpt_dir, self.run_id)
         self.resumed_from = directory
-        log.info("resumed from %s (epoch %d, batch %d, step %d)", directory, self.state.epoch,
-                 self.state.batch, self.state.step)
+        log.info("resumed from %s (epoch %d, sample %d, step %d) on %d rank(s)", directory, self.state.epoch,
+                 self.state.samples, self.state.step, self.world)
+
+    def _resume_point(self) -> Path | None:
+        """The checkpoint to continue from (None: start afresh), after clearing what trainer.resume asks."""
+        mode = self.tc.resume
+        checkpoint.clean_temporaries(self.run_dir)
+        if mode == "never":
+            if self.ckpt_dir.exists():
+                log.warning("trainer.resume=never: deleting the old checkpoints in %s", self.ckpt_dir)
+                shutil.rmtree(self.ckpt_dir)
+            return None
+        checkpoint.clean_temporaries(self.ckpt_dir)
+        checkpoint.refuse_other_runs(self.ckpt_dir, self.run_id, self.identity)
+        return checkpoint.newest_valid_last(self.ckpt_dir) if mode == "auto" else self._explicit(mode)
 
     def _explicit(self, path: str) -> Path:
         directory = checkpoint.resolve(path, "last")
@@ -196,7 +218,8 @@ class Trainer:
         groups = self.model.module_parameters()
         counts = {k: sum(p.numel() for p in ps) for k, ps in groups.items()}
         self.log.write("setup", step=self.state.step, device=str(self.device), params=counts,
-                       modalities=self.modalities, store=str(self.cfg.store))
+                       modalities=self.modalities, store=str(self.cfg.store), ranks=self.world,
+                       grad_accum=self.grad_accum)
         for ds in self.data.values():
             summary = ds.summary()
             self.log.write("data", step=self.state.step, **summary)
@@ -219,28 +242,34 @@ class Trainer:
                 return self.state  # max_steps reached mid-run: checkpointed, not finished
             self._end_epoch()
         self.state.finished = True
-        plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
+        if self.is_main:
+            plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
         return self.state
 
     def _active(self) -> list[str]:
         return [m for m in self.modalities if m not in self.state.exited]
 
     def _train_epoch(self) -> bool:
-        """One epoch from the saved position; True when max_steps stopped it."""
+        """One epoch from the saved position; True when max_steps stopped it.
+
+        A step takes the next global_batch questions of the epoch's order (fewer at its end);
+        this rank reads its share of them (EpochSampler) in micro-batches of batch_size, possibly
+        none in a short last step, and still joins the step's all-reduces.
+        """
         tc, st = self.tc, self.state
+        size = len(self.data["train"])
         self.data["train"].set_epoch(st.epoch)
-        self.sampler.set_position(st.epoch, st.batch * tc.batch_size)
-        total = math.ceil(len(self.data["train"]) / tc.batch_size)
-        bar = tqdm(total=total, initial=st.batch, desc=f"epoch {st.epoch}", dynamic_ncols=True)
-        group = []
-        for batch in self.train_loader:
-            group.append(batch)
-            if len(group) < tc.grad_accum and st.batch + len(group) < total:
-                continue
-            losses = self.optimizer_step(group)
-            bar.update(len(group))
+        self.sampler.set_position(st.epoch, st.samples)
+        bar = tqdm(total=self.steps_per_epoch, initial=st.samples // tc.global_batch, desc=f"epoch {st.epoch}",
+                   dynamic_ncols=True, disable=not self.is_main)
+        batches = iter(self.train_loader)
+        while st.samples < size:
+            count = min(tc.global_batch, size - st.samples)
+            mine = rank_share(st.samples, st.samples + count, self.rank, self.world)
+            group = [next(batches) for _ in range(math.ceil(mine / tc.batch_size))]
+            losses = self.optimizer_step(group, count)
+            bar.update(1)
             bar.set_postfix(loss=f"{sum(losses.values()) / len(losses):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            group = []
             if tc.max_steps and st.step >= tc.max_steps:
                 bar.close()
                 self._save_last()
@@ -250,8 +279,10 @@ class Trainer:
         bar.close()
         return False
 
-    def optimizer_step(self, group: list[dict]) -> dict[str, float]:
+    def optimizer_step(self, group: list[dict], count: int | None = None) -> dict[str, float]:
+        """One optimizer step on `count` questions of all ranks (default: `group`'s), this rank's in `group`."""
         tc, st = self.tc, self.state
+        count = count if count is not None else sum(len(b["qid"]) for b in group)
         group = [to_device(b, self.device) for b in group]
         active = self._active()
         passes = [[m] for m in active] if tc.sequential else [active]
@@ -260,18 +291,21 @@ class Trainer:
         # optimizer step its entry is refreshed, so each pass sees exactly the current weights
         # at 3M instead of M^2 Q-Former runs per step.
         cache = None
-        if len(passes) > 1:
+        if len(passes) > 1 and group:
             with torch.no_grad(), autocast(self.device, tc.bf16):
                 cache = [self.model.modality_tokens(b, self.modalities) for b in group]
-        losses, norms = {}, {}
+        totals, norms = [], {}
         for owners in passes:
             self.optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for i, batch in enumerate(group):
                 with autocast(self.device, tc.bf16):
-                    loss = self.model(batch, grad_modalities=owners, cached=cache[i] if cache else None) / len(group)
+                    # the mean over the step's questions of all ranks (the ranks' gradients are summed)
+                    loss = self.model(batch, grad_modalities=owners, cached=cache[i] if cache else None) / (
+                        count / len(batch["qid"]))
                 loss.backward()
                 total += float(loss.detach())
+            self._sync_grads()
             for m in owners:
                 params = self.model.mmqa.lora_parameters(m)
                 if any(p.grad is not None for p in params):  # a batch with m missing everywhere has none
@@ -279,21 +313,50 @@ class Trainer:
                     st.grad_sum[m] = st.grad_sum.get(m, 0.0) + norms[m]
                     st.grad_count[m] = st.grad_count.get(m, 0) + 1
             self.optimizer.step()
-            losses["+".join(owners)] = total
+            totals.append(total)
             if cache and owners is not passes[-1]:
                 with torch.no_grad(), autocast(self.device, tc.bf16):
                     for i, batch in enumerate(group):
                         cache[i].update(self.model.modality_tokens(batch, owners))
+        losses = dict(zip(("+".join(owners) for owners in passes), self._sum_over_ranks(totals)))
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         st.step += 1
-        st.batch += len(group)
+        st.samples += count
         st.loss_sum += sum(losses.values()) / len(losses)
         st.loss_count += 1
         if st.step % tc.log_every == 0 or st.step == 1:
             self.log.write("step", epoch=st.epoch, step=st.step, lr=self.scheduler.get_last_lr()[0],
                            loss=losses, grad_norm=norms)
         return losses
+
+    def _sync_grads(self) -> None:
+        """Sum the trainable parameters' gradients over the ranks (a no-op on one process).
+
+        An explicit all-reduce instead of DistributedDataParallel: a step runs one backward and
+        optimizer step per modality, each reaching a different subset of the parameters, and
+        the cached tokens and `predict` run outside `forward`; DDP's reducer expects one
+        backward per step over a fixed parameter set. A parameter that no rank gave a gradient
+        keeps None, so AdamW skips it as a single process does.
+        """
+        if self.world == 1:
+            return
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        flat = torch.cat([flags] + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                                    for p in params])
+        distributed.all_reduce_sum(flat)
+        offset = len(params)
+        for flag, p in zip(flat[:len(params)].tolist(), params):
+            part = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+            p.grad = part.clone() if flag else None
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        # float64: the logged loss is the single-process sum up to the order of additions
+        return distributed.all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
     def _end_epoch(self) -> None:
         tc, st = self.tc, self.state
@@ -309,9 +372,9 @@ class Trainer:
             log.info("epoch %d: early exit of %s (gradient norm above %.2f x its history)", st.epoch, newly,
                      tc.early_exit.tau)
             self.model.mmqa.set_trainable(self._active())
-        summary, _ = evaluate(self.model, eval_loader(self.data["val"], tc.eval_batch_size, tc.data.num_workers),
-                              self.device, bf16=tc.bf16, desc=f"val {st.epoch}", scoring=self.scoring,
-                              decoding=tc.decoding)
+        summary, _ = evaluate_split(self.model, self.data["val"], self.device, batch_size=tc.eval_batch_size,
+                                    num_workers=tc.data.num_workers, bf16=tc.bf16, desc=f"val {st.epoch}",
+                                    scoring=self.scoring, decoding=tc.decoding)
         self.log.write("eval", split="val", epoch=st.epoch, step=st.step,
                        **{k: summary[k] for k in ("n", "strict", "lenient", "chance")})
         self.log.write("epoch", epoch=st.epoch, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
@@ -321,10 +384,11 @@ class Trainer:
                  f"{summary['chance']:.1f}%" if summary["chance"] is not None else "n/a")
         if not st.best or summary["strict"] > st.best["strict"]:
             st.best = {"epoch": st.epoch, "step": st.step, "strict": summary["strict"], "lenient": summary["lenient"]}
-            checkpoint.save(self.ckpt_dir, "best", step=st.step, epoch=st.epoch, model=self.model,
-                            state=self._state_json(), keep=None, run_id=self.run_id)
+            if self.is_main:
+                checkpoint.save(self.ckpt_dir, "best", step=st.step, epoch=st.epoch, model=self.model,
+                                state=self._state_json(), keep=None, run_id=self.run_id)
         st.epoch += 1
-        st.batch, st.grad_sum, st.grad_count, st.loss_sum, st.loss_count = 0, {}, {}, 0.0, 0
+        st.samples, st.grad_sum, st.grad_count, st.loss_sum, st.loss_count = 0, {}, {}, 0.0, 0
         if not self._active():
             log.info("every modality has exited: training stops after epoch %d", st.epoch - 1)
             st.finished = True
@@ -340,12 +404,13 @@ class Trainer:
                 "metrics_lines": self.log.lines,
                 "weights": random_weights.mode(self.cfg)}  # random: a dry run's checkpoint, not a model
 
-    def _save_last(self) -> Path:
-        saved = checkpoint.save(self.ckpt_dir, "last", step=self.state.step, epoch=self.state.epoch, model=self.model,
-                                state=self._state_json(), optimizer=self.optimizer, keep=self.tc.keep_last,
-                                run_id=self.run_id)
-        checkpoint.prune_best(self.ckpt_dir, self.run_id)  # only now is the previous best unreferenced
-        return saved
+    def _save_last(self) -> None:
+        if self.is_main:
+            checkpoint.save(self.ckpt_dir, "last", step=self.state.step, epoch=self.state.epoch, model=self.model,
+                            state=self._state_json(), optimizer=self.optimizer, keep=self.tc.keep_last,
+                            run_id=self.run_id)
+            checkpoint.prune_best(self.ckpt_dir, self.run_id)  # only now is the previous best unreferenced
+        distributed.barrier()  # every rank sees the checkpoints rank 0 has written (test() reads best)
 
     # ------------------------------------------------------------------ test
 
@@ -357,15 +422,16 @@ class Trainer:
         for split in ("val", "test"):
             if not self.data[split].records:
                 continue
-            summary, rows = evaluate(self.model, eval_loader(self.data[split], self.tc.eval_batch_size,
-                                                             self.tc.data.num_workers),
-                                     self.device, bf16=self.tc.bf16, desc=split, scoring=self.scoring,
-                                     decoding=self.tc.decoding)
+            summary, rows = evaluate_split(self.model, self.data[split], self.device,
+                                           batch_size=self.tc.eval_batch_size, num_workers=self.tc.data.num_workers,
+                                           bf16=self.tc.bf16, desc=split, scoring=self.scoring,
+                                           decoding=self.tc.decoding)
             results[split] = summary
             self.log.write("test" if split == "test" else "final_val", split=split, step=self.state.step,
                            checkpoint=str(best), **summary)
-        write_report(self.run_dir / "report.md", results, best, self.modalities)
-        plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
+        if self.is_main:
+            write_report(self.run_dir / "report.md", results, best, self.modalities)
+            plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
         return results
 
     def _best_checkpoint(self) -> Path:

@@ -149,3 +149,24 @@ def plot_curves(rows: list[dict], out: Path, *, loss: str | None = None) -> Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+class NullLog:
+    """MetricsLog's interface for the ranks other than 0: only rank 0 writes the run's files."""
+
+    lines = 0
+
+    def write(self, event: str, **fields) -> dict:
+        return {"event": event, **fields}
+
+    def sync(self) -> None:
+        pass
+
+    def truncate(self, lines: int) -> None:
+        self.lines = lines
+
+    def reset(self) -> None:
+        self.lines = 0
+
+    def read(self) -> list[dict]:
+        return []
