@@ -34,8 +34,9 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
+# torchrun's arguments (scripts/torchrun.py: torchrun without its traceback for a user error).
 # One node: --standalone (a free local rendezvous port); several: the static rendezvous on node 0.
-TORCHRUN = $(PY) -m torch.distributed.run --nproc_per_node=$(NPROC) \
+TORCHRUN = $(PY) scripts/torchrun.py --nproc_per_node=$(NPROC) \
   $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT))
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN),$(PY))

@@ -49,7 +49,7 @@ def test_make_train_nproc_is_torchrun():
     assert make().startswith(".venv/bin/python scripts/train.py ")
     assert make("NPROC=1").startswith(".venv/bin/python scripts/train.py ")
     assert make("NPROC=2", "ARGS=seed=3").startswith(
-        ".venv/bin/python -m torch.distributed.run --nproc_per_node=2 --standalone scripts/train.py ")
+        ".venv/bin/python scripts/torchrun.py --nproc_per_node=2 --standalone scripts/train.py ")
     assert " --nproc_per_node=4 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29501 scripts/train.py " in \
         make("NPROC=4", "NNODES=2", "NODE_RANK=1", "MASTER_ADDR=10.0.0.1", "MASTER_PORT=29501")
 
@@ -95,7 +95,7 @@ def test_a_global_batch_the_ranks_cannot_divide_is_refused(tmp_path, monkeypatch
 def torchrun(tmp: Path, nproc: int, *overrides: str, kill_at: str = "") -> subprocess.CompletedProcess:
     """`make train NPROC=<nproc>`'s command (tests/test_train_ddp.py checks the Makefile spells it so)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CREMA_TEST_KILL_AT": kill_at}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+    cmd = [sys.executable, "scripts/torchrun.py", f"--nproc_per_node={nproc}", "--standalone",
            "scripts/train.py", *train_overrides(tmp, *COMMON, *overrides)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
@@ -205,3 +205,11 @@ def test_three_ranks_resume_a_single_process_checkpoint_and_score_every_question
     assert (back / "report.md").read_text().count("# Results of") == 1
     assert not list((back / "checkpoints").glob(".tmp-*"))
     assert (back / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_a_global_batch_two_ranks_cannot_divide_is_one_error_line(runs):
+    proc = torchrun(runs["tmp"], 2, f"run_dir={runs['tmp']}/bad", "trainer.batch_size=4")
+    assert proc.returncode == 2, proc.stderr[-3000:]  # the training processes' code, not torchrun's 1
+    assert "error: trainer.global_batch=12 is not a multiple of trainer.batch_size=4 x 2 ranks" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
