@@ -1,6 +1,7 @@
 """Data-parallel training for real: torchrun, gloo, 2 and 3 CPU ranks of the tiny model.
 
-One module fixture runs everything once (torchrun's start and each rank's imports cost seconds):
+One module fixture runs everything once (torchrun's start and each rank's imports cost seconds);
+the multi-rank runs are real `make train NPROC=<n>` commands on a small store of random features:
 - `ref`: one process (in this pytest process), 2 epochs of 2 steps, global batch 12;
 - `ddp`: 2 ranks, killed by a real SIGKILL in the middle of saving step 2's checkpoint (step 1's
   on disk, step 2's row written after it), resumed by 2 ranks up to step 3, finished by ONE
@@ -92,11 +93,18 @@ def test_a_global_batch_the_ranks_cannot_divide_is_refused(tmp_path, monkeypatch
         Trainer(compose_train(tmp_path, "trainer.global_batch=12", "trainer.batch_size=4"))
 
 
-def torchrun(tmp: Path, nproc: int, *overrides: str, kill_at: str = "") -> subprocess.CompletedProcess:
-    """`make train NPROC=<nproc>`'s command (tests/test_train_ddp.py checks the Makefile spells it so)."""
+def torchrun(tmp: Path, nproc: int, *overrides: str, kill_at: str = "", make: bool = True) -> subprocess.CompletedProcess:
+    """`make train NPROC=<nproc>` on the fixture's store (its overrides through ARGS); make=False:
+    the command make runs (make's own exit code is 2 for any failure)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CREMA_TEST_KILL_AT": kill_at}
-    cmd = [sys.executable, "scripts/torchrun.py", f"--nproc_per_node={nproc}", "--standalone",
-           "scripts/train.py", *train_overrides(tmp, *COMMON, *overrides)]
+    args = train_overrides(tmp, *COMMON, *overrides)
+    if make:
+        args = " ".join(a for a in args if a != "dataset=nextqa")  # make's DATASET
+        cmd = ["make", "--no-print-directory", "train", f"NPROC={nproc}", "DATASET=nextqa", "FEATURES=tiny",
+               f"OUT={tmp}", f"ARGS={args}"]
+    else:
+        cmd = [sys.executable, "scripts/torchrun.py", f"--nproc_per_node={nproc}", "--standalone", "scripts/train.py",
+               *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -209,7 +217,7 @@ def test_three_ranks_resume_a_single_process_checkpoint_and_score_every_question
 
 @pytest.mark.slow
 def test_a_global_batch_two_ranks_cannot_divide_is_one_error_line(runs):
-    proc = torchrun(runs["tmp"], 2, f"run_dir={runs['tmp']}/bad", "trainer.batch_size=4")
+    proc = torchrun(runs["tmp"], 2, f"run_dir={runs['tmp']}/bad", "trainer.batch_size=4", make=False)
     assert proc.returncode == 2, proc.stderr[-3000:]  # the training processes' code, not torchrun's 1
     assert "error: trainer.global_batch=12 is not a multiple of trainer.batch_size=4 x 2 ranks" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
