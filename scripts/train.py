@@ -23,6 +23,7 @@ from core.store import StoreError
 from core.weights import make_hint, preflight
 from model.weights import crema_weights
 from trainer.checkpoint import CheckpointError
+from trainer.config import TrainerConfig
 
 # A deprecation inside peft's transformers checks, once per adapter: noise for users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -30,6 +31,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 def run(cfg: DictConfig) -> None:
     """Train (or continue) the run in cfg.run_dir, then evaluate its best checkpoint on val and test."""
+    # a global batch torchrun's ranks cannot divide: refused before the seconds of imports below
+    TrainerConfig.from_cfg(cfg.trainer).grad_accum(int(os.environ.get("WORLD_SIZE", "1")))
     random_weights.apply(cfg)  # weights=random: full-size random models; refuses a store of the other kind
     random_weights.check_store_weights(cfg.store, cfg, cfg.model.modalities)
     preflight(crema_weights(cfg.model), make_hint=make_hint())  # all missing models at once, before any work
