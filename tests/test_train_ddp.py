@@ -93,6 +93,38 @@ def test_a_global_batch_the_ranks_cannot_divide_is_refused(tmp_path, monkeypatch
         Trainer(compose_train(tmp_path, "trainer.global_batch=12", "trainer.batch_size=4"))
 
 
+GROUP_SCRIPT = """
+import torch
+from trainer import distributed
+
+distributed.setup("cpu")
+def refuse():
+    raise ValueError("refused on rank 0")
+try:
+    distributed.on_main(refuse)
+except ValueError as exc:
+    print(f"rank {distributed.rank()}: {exc}")
+total = distributed.all_reduce_sum(torch.tensor([distributed.rank() + 1.0])).item()
+print(f"rank {distributed.rank()}: sum {total} gathered {distributed.all_gather_objects(distributed.rank())}")
+distributed.teardown()
+"""
+
+
+@pytest.mark.slow
+def test_an_error_on_rank_0_reaches_every_rank(tmp_path):
+    """trainer/distributed.py under a real torchrun: a user error raised where rank 0 alone
+    decides (the resume point) is raised on every rank, so none waits for rank 0 forever."""
+    script = tmp_path / "group.py"
+    script.write_text(GROUP_SCRIPT)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                          str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: refused on rank 0" in out.stdout
+        assert f"rank {rank}: sum 3.0 gathered [0, 1]" in out.stdout
+
+
 def torchrun(tmp: Path, nproc: int, *overrides: str, kill_at: str = "", make: bool = True) -> subprocess.CompletedProcess:
     """`make train NPROC=<nproc>` on the fixture's store (its overrides through ARGS); make=False:
     the command make runs (make's own exit code is 2 for any failure)."""
