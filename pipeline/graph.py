@@ -30,6 +30,7 @@ import time
 import traceback
 import uuid
 import warnings
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -333,11 +334,20 @@ class StartupClock:
         self.t0, self.parts = time.perf_counter(), {}
         self.sent = False
 
+    @contextmanager
+    def part(self, name: str):
+        """Add the seconds of the block to the part ``name`` (torch, decoder, ...)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - t0
+
     def done(self) -> None:
-        """The constructor is finished: close the record."""
-        self.record.update({"import_s": round(self.parts.get("import", 0.0), 3),
-                            "build_s": round(self.parts.get("build", 0.0), 3),
-                            "init_s": round(time.perf_counter() - self.t0, 3)})
+        """The constructor is finished: close the record (every part, and the constructor's whole time)."""
+        parts = {"import": 0.0, "build": 0.0, **self.parts}
+        self.record.update({f"{k}_s": round(v, 3) for k, v in parts.items()})
+        self.record["init_s"] = round(time.perf_counter() - self.t0, 3)
 
     def attach(self, payload: dict) -> None:
         """Add the record to the first payload this actor hands on (once per actor)."""
@@ -362,7 +372,8 @@ class ExtractorStage:
         if threads is None:
             cpus = (cfg.get("resources") or {}).get("num_cpus", 1)
             threads = max(1, int(cpus)) if isinstance(cpus, (int, float)) else 1  # `auto` not fitted (outside a run)
-        _set_threads(threads)
+        with own.part("torch") if own is not None else nullcontext():
+            _set_threads(threads)
         # Ray keeps only the message of an error raised in an actor's constructor (ActorDiedError),
         # so a model that cannot be loaded is raised from the first call instead: a task error
         # keeps its type (RayTaskError.cause) and the driver catches it as ModelUnavailableError.
@@ -500,8 +511,10 @@ class FusedStage:
 
     def __init__(self, decode_cfg: dict, extractors: dict, writer: dict, drops: dict, threads: int):
         self.startup = StartupClock("fused")
-        _set_threads(threads)
-        self.decode = DecodeStage(decode_cfg, drops["decode"], measure=False)
+        with self.startup.part("torch"):  # the first import of torch in this process
+            _set_threads(threads)
+        with self.startup.part("decoder"):  # starting the decode child (it imports on its own)
+            self.decode = DecodeStage(decode_cfg, drops["decode"], measure=False)
         self.stages = [ExtractorStage(n, cfg, drops[n], threads=threads, clock=self.startup.parts)
                        for n, cfg in extractors.items()]
         self.writer = ShardWriterStage(**writer)

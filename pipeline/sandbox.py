@@ -107,6 +107,11 @@ class Sandbox:
         self.close()
 
 
+def loaded(modules: list[str]) -> list[str]:
+    """Which of `modules` this process has imported (what a child's preload did, for a check)."""
+    return [m for m in modules if m in sys.modules]
+
+
 def _serve(preload=()) -> None:
     """The child's loop: one (function, args) in, one ("ok", result) or ("error", exception) out.
 
