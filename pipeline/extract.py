@@ -27,6 +27,8 @@ from pipeline.resources import (CPU_ONLY_NOTE, choose_plan, describe, describe_f
 from pipeline.store import init_store, recover_replaced, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
+# Reruns of a pass's unfinished shards after an actor died (memory, a lost node, a crash): bounded.
+PASS_RETRIES = 3
 
 
 def _user_error(exc: BaseException) -> Exception | None:
@@ -246,28 +248,56 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
         log.info("plan: stages (%s): %s", why, describe(features, store_cfg))
         check_resources(features, store_cfg, have, local=local)
     totals["plan"] = plan
-    # a generation of the lease per pass: stragglers of an earlier pass (or run) cannot swap shards in
-    ds = build_dataset(jobs, features, root=root, hashes=hashes, store_cfg=store_cfg,
-                       decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
-                       token=lease.new_generation(), restarts=LOCAL_RETRIES if local else DEFAULT_RETRIES)
-    t_pass = time.time()
+    restarts = LOCAL_RETRIES if local else DEFAULT_RETRIES
+    left, t_pass = list(jobs), time.time()
     with tqdm(total=len(jobs), unit="shard", desc=label, dynamic_ncols=True) as bar:
-        for row in _translated(ds.iter_rows()):
-            lease.check()
-            marker = json.loads(row["marker"])
-            totals["ok"] += len(marker["ok"])
-            totals["failed"] += len(marker["failed"])
-            totals["decoded"] += marker["videos_decoded"]
-            totals["hops"].append(marker.get("hops") or {})
-            totals.setdefault("first_shard_s", time.time() - totals["t0"])
-            totals["phases"].setdefault("to_first_shard", time.time() - t_pass)
-            totals["startup"] += marker.get("startup") or []
-            for stage, sec in marker["timings"].items():
-                totals["stages"][stage] = totals["stages"].get(stage, 0.0) + sec
-            bar.set_postfix(videos_ok=totals["ok"], failed=totals["failed"])
-            bar.update(1)
+        for attempt in range(PASS_RETRIES + 1):
+            # a generation of the lease per graph: stragglers of an earlier one (or run) cannot swap shards in
+            ds = build_dataset(left, features, root=root, hashes=hashes, store_cfg=store_cfg,
+                               decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
+                               token=lease.new_generation(), restarts=restarts)
+            done: set[str] = set()
+            try:
+                _consume(ds, lease, totals, bar, done, t_pass)
+                break
+            except Exception as exc:
+                died = _actor_death(exc)
+                if died is None or attempt == PASS_RETRIES:
+                    raise
+                left = [job for job in left if job[0].shard_id not in done]
+                log.warning("a Ray actor died (%s): running the %d unfinished shards again (%d of %d retries)",
+                            died, len(left), attempt + 1, PASS_RETRIES)
     totals["phases"]["passes"] = totals["phases"].get("passes", 0.0) + time.time() - t_pass
     totals["last_shard_t"] = time.time()
+
+
+def _actor_death(exc: BaseException) -> str | None:
+    """Why an actor of the graph died (killed for memory, a lost node, a crash), when that is what
+    stopped it; None for any other error. Ray restarts no actor on a local Ray (LOCAL_RETRIES) and
+    only a few times on a cluster, so the driver reruns the unfinished shards instead."""
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+
+    found = find_error(exc, (RayActorError, OutOfMemoryError, WorkerCrashedError, NodeDiedError))
+    return None if found is None else " ".join(str(found).split())[:300]
+
+
+def _consume(ds, lease, totals: dict, bar, done: set, t_pass: float) -> None:
+    """Read the graph's markers as shards finish: count them into ``totals``, their ids into ``done``."""
+    for row in _translated(ds.iter_rows()):
+        lease.check()
+        marker = json.loads(row["marker"])
+        done.add(marker["shard_id"])
+        totals["ok"] += len(marker["ok"])
+        totals["failed"] += len(marker["failed"])
+        totals["decoded"] += marker["videos_decoded"]
+        totals["hops"].append(marker.get("hops") or {})
+        totals.setdefault("first_shard_s", time.time() - totals["t0"])
+        totals["phases"].setdefault("to_first_shard", time.time() - t_pass)
+        totals["startup"] += marker.get("startup") or []
+        for stage, sec in marker["timings"].items():
+            totals["stages"][stage] = totals["stages"].get(stage, 0.0) + sec
+        bar.set_postfix(videos_ok=totals["ok"], failed=totals["failed"])
+        bar.update(1)
 
 
 @dataclass

@@ -76,3 +76,4 @@ def test_a_cold_local_extract_prints_no_ray_warning_and_reports_its_start_up(tmp
     actors = run["actor_startup"]
     assert actors and {a["stage"] for a in actors} == {"fused"}
     assert all(a["process_s"] > 0 and a["init_s"] >= a["build_s"] > 0 for a in actors)
+
