@@ -252,12 +252,12 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
     left, t_pass = list(jobs), time.time()
     with tqdm(total=len(jobs), unit="shard", desc=label, dynamic_ncols=True) as bar:
         for attempt in range(PASS_RETRIES + 1):
-            # a generation of the lease per graph: stragglers of an earlier one (or run) cannot swap shards in
-            ds = build_dataset(left, features, root=root, hashes=hashes, store_cfg=store_cfg,
-                               decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
-                               token=lease.new_generation(), restarts=restarts)
             done: set[str] = set()
             try:
+                # a generation of the lease per graph: stragglers of an earlier one (or run) cannot swap shards in
+                ds = build_dataset(left, features, root=root, hashes=hashes, store_cfg=store_cfg,
+                                   decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
+                                   token=lease.new_generation(), restarts=restarts)
                 _consume(ds, lease, totals, bar, done, t_pass)
                 break
             except Exception as exc:
