@@ -60,5 +60,6 @@ def test_an_actor_killed_mid_run_costs_a_rerun_of_its_unfinished_shards_not_the_
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (folder / "v1.mp4.killactor").exists()  # the kill happened
-    assert "a Ray actor died" in proc.stderr and "unfinished shards again (1 of 3 retries)" in proc.stderr
+    said = proc.stdout + proc.stderr  # Hydra logs to stdout
+    assert "a Ray actor died" in said and "unfinished shards again (1 of 3 retries)" in said
     assert FeatureStore(tmp_path / "out" / "videos").video_ids == ["v0.mp4", "v1.mp4", "v2.mp4"]
