@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from pipeline.resources import (CPU_ONLY_NOTE, choose_plan, describe, describe_f
 from pipeline.store import init_store, recover_replaced, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
+# Reruns of a pass's unfinished shards after an actor died (memory, a lost node, a crash): bounded.
+PASS_RETRIES = 3
 
 
 def _user_error(exc: BaseException) -> Exception | None:
@@ -40,6 +43,12 @@ def _user_error(exc: BaseException) -> Exception | None:
 
 def start_ray(ray_cfg: dict) -> None:
     """Join a cluster when one is named (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
+    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:
+        # Ray 2.60 turns token authentication on for a new local instance and warns that it did;
+        # saying so (the same secure choice) keeps a healthy run free of Ray's warnings. Ray reads
+        # the variable when it is imported, hence before that.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -47,7 +56,6 @@ def start_ray(ray_cfg: dict) -> None:
     # Local workers inherit the driver's environment; a runtime_env would cost ~30 s of start-up.
     for var, value in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(var, value)
-    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -67,6 +75,13 @@ def start_ray(ray_cfg: dict) -> None:
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = bool(ray_cfg.get("progress_bars", False))
+    if not ctx.enable_progress_bars:
+        # Ray Data warns once per process that its bars are off, advising to turn them on; here
+        # they are off by the config (ray.progress_bars, our own shard bar shows the run), so
+        # that once is spent now. Its other warnings are untouched.
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
     ctx.print_on_execution_start = False
     # A stage's own exception reaches the driver with its type (not wrapped in UserCodeException,
     # whose cause Ray does not carry across processes): _user_error catches it by class.
@@ -208,9 +223,11 @@ def _translated(rows):
 def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, store_cfg: dict, cfg, lease,
               totals: dict) -> None:
     """One Ray Data graph over ``jobs`` computing ``features`` (resolved) into the store."""
-    from pipeline.graph import build_dataset
+    from pipeline.graph import DEFAULT_RETRIES, LOCAL_RETRIES, build_dataset
 
+    t_ray = time.time()
     start_ray(to_plain(cfg.ray))
+    totals["phases"].setdefault("ray_init", time.time() - t_ray)
     import ray
 
     have = ray.cluster_resources()
@@ -231,23 +248,56 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
         log.info("plan: stages (%s): %s", why, describe(features, store_cfg))
         check_resources(features, store_cfg, have, local=local)
     totals["plan"] = plan
-    # a generation of the lease per pass: stragglers of an earlier pass (or run) cannot swap shards in
-    ds = build_dataset(jobs, features, root=root, hashes=hashes, store_cfg=store_cfg,
-                       decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
-                       token=lease.new_generation())
+    restarts = LOCAL_RETRIES if local else DEFAULT_RETRIES
+    left, t_pass = list(jobs), time.time()
     with tqdm(total=len(jobs), unit="shard", desc=label, dynamic_ncols=True) as bar:
-        for row in _translated(ds.iter_rows()):
-            lease.check()
-            marker = json.loads(row["marker"])
-            totals["ok"] += len(marker["ok"])
-            totals["failed"] += len(marker["failed"])
-            totals["decoded"] += marker["videos_decoded"]
-            totals["hops"].append(marker.get("hops") or {})
-            totals.setdefault("first_shard_s", time.time() - totals["t0"])
-            for stage, sec in marker["timings"].items():
-                totals["stages"][stage] = totals["stages"].get(stage, 0.0) + sec
-            bar.set_postfix(videos_ok=totals["ok"], failed=totals["failed"])
-            bar.update(1)
+        for attempt in range(PASS_RETRIES + 1):
+            done: set[str] = set()
+            try:
+                # a generation of the lease per graph: stragglers of an earlier one (or run) cannot swap shards in
+                ds = build_dataset(left, features, root=root, hashes=hashes, store_cfg=store_cfg,
+                                   decode_resources=features["decode"].get("resources"), plan=plan, fused=fused,
+                                   token=lease.new_generation(), restarts=restarts)
+                _consume(ds, lease, totals, bar, done, t_pass)
+                break
+            except Exception as exc:
+                died = _actor_death(exc)
+                if died is None or attempt == PASS_RETRIES:
+                    raise
+                left = [job for job in left if job[0].shard_id not in done]
+                log.warning("a Ray actor died (%s): running the %d unfinished shards again (%d of %d retries)",
+                            died, len(left), attempt + 1, PASS_RETRIES)
+    totals["phases"]["passes"] = totals["phases"].get("passes", 0.0) + time.time() - t_pass
+    totals["last_shard_t"] = time.time()
+
+
+def _actor_death(exc: BaseException) -> str | None:
+    """Why an actor of the graph died (killed for memory, a lost node, a crash), when that is what
+    stopped it; None for any other error. Ray restarts no actor on a local Ray (LOCAL_RETRIES) and
+    only a few times on a cluster, so the driver reruns the unfinished shards instead."""
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+
+    found = find_error(exc, (RayActorError, OutOfMemoryError, WorkerCrashedError, NodeDiedError))
+    return None if found is None else " ".join(str(found).split())[:300]
+
+
+def _consume(ds, lease, totals: dict, bar, done: set, t_pass: float) -> None:
+    """Read the graph's markers as shards finish: count them into ``totals``, their ids into ``done``."""
+    for row in _translated(ds.iter_rows()):
+        lease.check()
+        marker = json.loads(row["marker"])
+        done.add(marker["shard_id"])
+        totals["ok"] += len(marker["ok"])
+        totals["failed"] += len(marker["failed"])
+        totals["decoded"] += marker["videos_decoded"]
+        totals["hops"].append(marker.get("hops") or {})
+        totals.setdefault("first_shard_s", time.time() - totals["t0"])
+        totals["phases"].setdefault("to_first_shard", time.time() - t_pass)
+        totals["startup"] += marker.get("startup") or []
+        for stage, sec in marker["timings"].items():
+            totals["stages"][stage] = totals["stages"].get(stage, 0.0) + sec
+        bar.set_postfix(videos_ok=totals["ok"], failed=totals["failed"])
+        bar.update(1)
 
 
 @dataclass
@@ -256,6 +306,7 @@ class RunState:
 
     t0: float
     requested: list
+    process_start: float | None = None   # when this process started (its age at t0 is the CLI's start-up)
     preset: str | None = None
     registry: dict | None = None
     shards: list | None = None
@@ -272,7 +323,34 @@ class RunState:
                 "stage_seconds": {k: round(v, 3) for k, v in totals.get("stages", {}).items()},
                 "preset": self.preset, "plan": totals.get("plan"), "first_shard_seconds": totals.get("first_shard_s"),
                 "bytes_per_hop": hop_bytes(totals.get("hops", [])), "modalities_requested": self.requested,
-                "sources_changed": work.changed}
+                "sources_changed": work.changed, "phases_s": self.phases(), "actor_startup": totals.get("startup", [])}
+
+    def phases(self) -> dict:
+        """Where the driver's wall went (seconds): before run_extract (interpreter, imports,
+        config), preparing (demo, manifest, store, plan), Ray's start, each pass's start to its
+        first shard, then the rest of the passes, and what followed the last shard so far."""
+        ph = dict(self.totals.get("phases", {}))
+        out = {"process_to_run": self.t0 - self.process_start} if self.process_start else {}
+        if "prepare" in ph:
+            out["prepare"] = ph["prepare"]
+        for key in ("ray_init", "to_first_shard"):
+            if key in ph:
+                out[key] = ph[key]
+        if "passes" in ph:
+            out["after_first_shard"] = ph["passes"] - ph.get("to_first_shard", 0.0)
+        if "last_shard_t" in self.totals:
+            out["after_last_shard"] = time.time() - self.totals["last_shard_t"]
+        return {k: round(v, 3) for k, v in out.items()}
+
+
+def _process_start() -> float | None:
+    """When this process started (the report's phases count the CLI's own start-up from it)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # a platform without it: the phase is left out
+        return None
 
 
 def run_extract(cfg) -> dict:
@@ -284,7 +362,7 @@ def run_extract(cfg) -> dict:
     from core.datasets import load_dataset
     from pipeline.demo import ensure_demo
 
-    state = RunState(t0=time.time(), requested=[])
+    state = RunState(t0=time.time(), requested=[], process_start=_process_start())
     features = resolve_features(cfg.features)
     state.requested, state.preset = list(features["modalities"]), features.get("preset")
     ensure_demo(cfg.dataset)
@@ -337,7 +415,8 @@ def _extract(cfg, index, root: Path, lease: StoreLease, features: dict, state: R
         log.warning("%d shards also hold videos this dataset does not list and are not complete (e.g. %s); "
                     "a run over the dataset that lists them finishes them", len(work.waiting),
                     work.waiting[0].relpath())
-    totals = state.totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}, "hops": [], "t0": state.t0}
+    totals = state.totals = {"ok": 0, "failed": 0, "decoded": 0, "stages": {}, "hops": [], "t0": state.t0,
+                             "startup": [], "phases": {"prepare": time.time() - state.t0}}
     if work.full:
         _run_pass(f"extract {index.name}", work.full, features, hashes, root=root, store_cfg=store_cfg,
                   cfg=cfg, lease=lease, totals=totals)

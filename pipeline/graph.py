@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import shutil
 import time
 import traceback
 import uuid
 import warnings
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -49,7 +51,11 @@ STREAM_DECODER = "pipeline.decode:decode_stream"
 DEFAULT_TIMEOUT_S = 300.0   # per video; features.decode.resources.timeout_s
 # Finite retries for every actor pool (Ray Data's default is -1: forever): a lost node or a
 # crashed actor is retried this often, then the error stops the run instead of stalling it.
+# On a local Ray (one node, nothing to fail over to) the default is LOCAL_RETRIES: Ray Data hands
+# every actor its constructor arguments as object-store references, and Ray warns (an ERROR line
+# of core_worker.cc, ray-project/ray#53727) about any such actor that may restart.
 DEFAULT_RETRIES = 3
+LOCAL_RETRIES = 0
 # Task retries are spent faster: while a lost node is not yet declared dead (Ray's health checks,
 # ~15-25 s by default), a task sent to its actors fails at once and is retried with a backoff of
 # 0.1 s doubling to 5 s. 12 retries wait ~36 s in all, long enough for the actor to be restarted
@@ -208,7 +214,8 @@ class DecodeStage:
 
     name = "decode"
 
-    def __init__(self, decode_cfg: dict, later_reads=_ALL):
+    def __init__(self, decode_cfg: dict, later_reads=_ALL, measure: bool = True):
+        self.startup = StartupClock(self.name) if measure else None  # the fused actor measures itself
         self.later_reads = tuple(later_reads)
         self.cfg = DecodeConfig.from_cfg(decode_cfg)
         # `decoder` (a function path; the default, or a test's fault injector) is part of the
@@ -216,7 +223,15 @@ class DecodeStage:
         self.decoder = decode_cfg.get("decoder") or DEFAULT_DECODER
         res = decode_cfg.get("resources") or {}
         timeout = res.get("timeout_s", DEFAULT_TIMEOUT_S)
-        self.sandbox = Sandbox(float(timeout) if timeout else None) if res.get("isolate", True) else None
+        self.sandbox = None
+        if res.get("isolate", True):
+            # started now, importing the decoder while this actor builds its models, so the
+            # first video does not wait for a cold interpreter
+            preload = (self.decoder, *(["av:open"] if self.cfg.decoders[0] == "pyav" else []))
+            self.sandbox = Sandbox(float(timeout) if timeout else None, preload=preload)
+            self.sandbox.start()
+        if self.startup is not None:
+            self.startup.done()
 
     def _call(self, function: str, *args):
         """A decoder call: in the sandbox child (a crash or a hang costs this video only), or here."""
@@ -257,6 +272,8 @@ class DecodeStage:
         return _out([self.timed(p) for p in _rows(batch)])
 
     def timed(self, payload: dict) -> dict:
+        if self.startup is not None:
+            self.startup.attach(payload)
         return _timed(self.name, self.run, payload, self.later_reads)
 
 
@@ -281,12 +298,62 @@ def _node() -> dict | None:
     return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
-def build_extractor(cfg: dict):
-    """An extractor from its resolved config node (its ``_target_`` class), as every actor builds it."""
+def build_extractor(cfg: dict, clock: dict | None = None):
+    """An extractor from its resolved config node (its ``_target_`` class), as every actor builds it.
+
+    ``clock``: where to add the seconds spent importing the class's module (torch, transformers)
+    and building the model, under ``import`` and ``build`` (the actors' start-up record)."""
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    return get_class(cfg["_target_"])(OmegaConf.create(cfg))
+    t0 = time.perf_counter()
+    cls = get_class(cfg["_target_"])
+    t1 = time.perf_counter()
+    try:
+        return cls(OmegaConf.create(cfg))
+    finally:
+        if clock is not None:
+            clock["import"] = clock.get("import", 0.0) + t1 - t0
+            clock["build"] = clock.get("build", 0.0) + time.perf_counter() - t1
+
+
+def process_age() -> float:
+    """Seconds since this process started: in an actor's constructor, what the Ray worker's own
+    start and the unpickling of the stage (importing its modules) cost before our code ran."""
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
+class StartupClock:
+    """An actor's start-up, measured in its constructor and reported once, with its first shard:
+    {"stage", "pid", "process_s" (worker start + unpickling), "import_s", "build_s", "init_s"}."""
+
+    def __init__(self, stage: str):
+        self.record = {"stage": stage, "pid": os.getpid(), "process_s": round(process_age(), 3)}
+        self.t0, self.parts = time.perf_counter(), {}
+        self.sent = False
+
+    @contextmanager
+    def part(self, name: str):
+        """Add the seconds of the block to the part ``name`` (torch, decoder, ...)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - t0
+
+    def done(self) -> None:
+        """The constructor is finished: close the record (every part, and the constructor's whole time)."""
+        parts = {"import": 0.0, "build": 0.0, **self.parts}
+        self.record.update({f"{k}_s": round(v, 3) for k, v in parts.items()})
+        self.record["init_s"] = round(time.perf_counter() - self.t0, 3)
+
+    def attach(self, payload: dict) -> None:
+        """Add the record to the first payload this actor hands on (once per actor)."""
+        if not self.sent:
+            payload.setdefault("startup", []).append(self.record)
+            self.sent = True
 
 
 class ExtractorStage:
@@ -297,20 +364,26 @@ class ExtractorStage:
     with the stage and the reason, and the partial outputs of the failing call are removed.
     """
 
-    def __init__(self, name: str, cfg: dict, later_reads=_ALL, threads: int | None = None):
+    def __init__(self, name: str, cfg: dict, later_reads=_ALL, threads: int | None = None,
+                 clock: dict | None = None):
         self.name, self.later_reads = name, tuple(later_reads)
+        own = None if clock is not None else StartupClock(name)  # a pool's actor measures itself
+        self.startup = own
         if threads is None:
             cpus = (cfg.get("resources") or {}).get("num_cpus", 1)
             threads = max(1, int(cpus)) if isinstance(cpus, (int, float)) else 1  # `auto` not fitted (outside a run)
-        _set_threads(threads)
+        with own.part("torch") if own is not None else nullcontext():
+            _set_threads(threads)
         # Ray keeps only the message of an error raised in an actor's constructor (ActorDiedError),
         # so a model that cannot be loaded is raised from the first call instead: a task error
         # keeps its type (RayTaskError.cause) and the driver catches it as ModelUnavailableError.
         self.unavailable: ModelUnavailableError | None = None
         try:
-            self.extractor = build_extractor(cfg)
+            self.extractor = build_extractor(cfg, clock if own is None else own.parts)
         except ModelUnavailableError as err:
             self.unavailable = err
+        if own is not None:
+            own.done()
 
     def _clear(self, video: dict, before: dict) -> None:
         for field in _OUTPUT_FIELDS:
@@ -352,6 +425,8 @@ class ExtractorStage:
     def timed(self, payload: dict) -> dict:
         if self.unavailable is not None:
             raise self.unavailable
+        if self.startup is not None:
+            self.startup.attach(payload)
         return _timed(self.name, self.run, payload, self.later_reads)
 
 
@@ -422,6 +497,8 @@ class ShardWriterStage:
             raise
         marker["timings"]["write"] = time.perf_counter() - t0
         marker["videos_decoded"] = payload.get("decoded", 0)
+        if payload.get("startup"):  # to the driver's report only; the marker on disk does not hold it
+            marker["startup"] = payload["startup"]
         return json.dumps(marker)
 
 
@@ -433,28 +510,35 @@ class FusedStage:
     """
 
     def __init__(self, decode_cfg: dict, extractors: dict, writer: dict, drops: dict, threads: int):
-        _set_threads(threads)
-        self.decode = DecodeStage(decode_cfg, drops["decode"])
-        self.stages = [ExtractorStage(n, cfg, drops[n], threads=threads) for n, cfg in extractors.items()]
+        self.startup = StartupClock("fused")
+        with self.startup.part("torch"):  # the first import of torch in this process
+            _set_threads(threads)
+        with self.startup.part("decoder"):  # starting the decode child (it imports on its own)
+            self.decode = DecodeStage(decode_cfg, drops["decode"], measure=False)
+        self.stages = [ExtractorStage(n, cfg, drops[n], threads=threads, clock=self.startup.parts)
+                       for n, cfg in extractors.items()]
         self.writer = ShardWriterStage(**writer)
+        self.startup.done()
 
     def __call__(self, batch: dict) -> dict:
         markers = []
         for payload in _rows(batch):
             self.writer.check_lease()  # a run that lost the store wastes no decoding on it
+            self.startup.attach(payload)
             for stage in (self.decode, *self.stages):
                 payload = stage.timed(payload)
             markers.append(self.writer.write(payload))
         return {"marker": np.array(markers, dtype=object)}
 
 
-def _resources(cfg: dict | None) -> dict:
-    """map_batches arguments from a stage's `resources` node (an actor pool of fixed size)."""
+def _resources(cfg: dict | None, restarts: int = DEFAULT_RETRIES) -> dict:
+    """map_batches arguments from a stage's `resources` node (an actor pool of fixed size);
+    ``restarts``: the actors' max_restarts where the node does not set it."""
     from ray.data import ActorPoolStrategy
 
     res = dict(cfg or {})
     out = {"num_cpus": float(res.get("num_cpus", 1)), "compute": ActorPoolStrategy(size=int(res.get("concurrency", 1))),
-           "max_restarts": int(res.get("max_restarts", DEFAULT_RETRIES)),
+           "max_restarts": int(res.get("max_restarts", restarts)),
            "max_task_retries": int(res.get("max_task_retries", DEFAULT_TASK_RETRIES))}
     if res.get("num_gpus"):
         out["num_gpus"] = float(res["num_gpus"])
@@ -462,13 +546,15 @@ def _resources(cfg: dict | None) -> dict:
 
 
 def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: dict, decode_resources: dict,
-                  plan: str = "stages", fused: dict | None = None, token: str | None = None):
+                  plan: str = "stages", fused: dict | None = None, token: str | None = None,
+                  restarts: int = DEFAULT_RETRIES):
     """The lazy Ray dataset for one pass (nothing runs until it is consumed).
 
     ``jobs``: (spec, entries, base shard dir or None, ids carried whole from the base);
     ``features``: the resolved config of the modalities this pass computes; ``hashes``: theirs;
     ``plan``: "stages" (a pool per stage) or "fused" (``fused``: the resources of its actors);
-    ``token``: the store lease generation the writers check (None: unfenced).
+    ``token``: the store lease generation the writers check (None: unfenced); ``restarts``: the
+    actors' max_restarts where a stage's resources do not say (LOCAL_RETRIES on a local Ray).
     """
     import ray.data
 
@@ -486,16 +572,18 @@ def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: 
         res = dict(fused or {})
         threads = max(1, int(float(res.get("num_cpus", 1))))
         return _map(ds, FusedStage, {"decode_cfg": features["decode"], "extractors": features["extractors"],
-                                     "writer": writer, "drops": drops, "threads": threads}, res)
+                                     "writer": writer, "drops": drops, "threads": threads}, res, restarts)
     if plan != "stages":
         raise ValueError(f"unknown plan {plan!r}: stages | fused")
-    ds = _map(ds, DecodeStage, {"decode_cfg": features["decode"], "later_reads": drops["decode"]}, decode_resources)
+    ds = _map(ds, DecodeStage, {"decode_cfg": features["decode"], "later_reads": drops["decode"]}, decode_resources,
+              restarts)
     for name, ext in features["extractors"].items():
-        ds = _map(ds, ExtractorStage, {"name": name, "cfg": ext, "later_reads": drops[name]}, ext.get("resources"))
-    return _map(ds, ShardWriterStage, writer, store_cfg.get("resources"))
+        ds = _map(ds, ExtractorStage, {"name": name, "cfg": ext, "later_reads": drops[name]}, ext.get("resources"),
+                  restarts)
+    return _map(ds, ShardWriterStage, writer, store_cfg.get("resources"), restarts)
 
 
-def _map(ds, cls, kwargs: dict, resources: dict | None):
+def _map(ds, cls, kwargs: dict, resources: dict | None, restarts: int = DEFAULT_RETRIES):
     """One stage's actor pool, a shard per call.
 
     Ray Data 2.60 has no named parameter for ``max_restarts`` / ``max_task_retries`` (the bounded
@@ -504,4 +592,4 @@ def _map(ds, cls, kwargs: dict, resources: dict | None):
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
-        return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=1, **_resources(resources))
+        return ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=1, **_resources(resources, restarts))

@@ -61,18 +61,25 @@ def resolve(path: str):
 class Sandbox:
     """A child process that runs `function(*args)` calls one at a time, with a time limit each."""
 
-    def __init__(self, timeout_s: float | None):
+    def __init__(self, timeout_s: float | None, preload: tuple[str, ...] = ()):
         self.timeout_s = timeout_s
+        # functions whose modules the child imports as it starts, before any call: a child
+        # started ahead of its first call (`start`) is then ready when the call comes
+        self.preload = tuple(preload)
         self.proc: subprocess.Popen | None = None
 
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        return subprocess.Popen([sys.executable, "-m", "pipeline.sandbox"], stdin=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "pipeline.sandbox", *self.preload], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
 
-    def call(self, function: str, *args: Any) -> Any:
+    def start(self) -> None:
+        """Start the child now (it imports `preload` while the caller does other work)."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
+
+    def call(self, function: str, *args: Any) -> Any:
+        self.start()
         t0 = time.monotonic()
         try:
             _send(self.proc.stdin, (function, args))
@@ -100,10 +107,23 @@ class Sandbox:
         self.close()
 
 
-def _serve() -> None:
-    """The child's loop: one (function, args) in, one ("ok", result) or ("error", exception) out."""
+def loaded(modules: list[str]) -> list[str]:
+    """Which of `modules` this process has imported (what a child's preload did, for a check)."""
+    return [m for m in modules if m in sys.modules]
+
+
+def _serve(preload=()) -> None:
+    """The child's loop: one (function, args) in, one ("ok", result) or ("error", exception) out.
+
+    ``preload``: function paths resolved first (their modules imported) before waiting for a call;
+    one that fails to import is left for its call to report."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a decoder's prints must not corrupt the result pipe
+    for function in preload:
+        try:
+            resolve(function)
+        except Exception:  # the call that needs it raises the same error, as a per-video failure
+            pass
     while True:
         try:
             function, args = _recv(stdin)
@@ -120,4 +140,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(sys.argv[1:])

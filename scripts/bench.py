@@ -332,6 +332,13 @@ def print_table(result: dict, small: int, large: int, scale: int) -> None:
         x = result["long"]
         rows.append((f"  {x['videos']} videos, one run ({x['plan']}): wall / busy / efficiency",
                      f"{x['wall_s']} s / {x['busy_s']} s / {x['efficiency']} (wall = {1 / x['efficiency']:.2f} x busy/CPUs)"))
+    cold = _load("startup.json")
+    if cold:
+        c, warm = cold["summary"], s[f"fused_{large}"]
+        rows.append((f"make extract as a user runs it (cold: own Ray, subprocess), {cold['videos']} videos, "
+                     f"median of {cold['repeats']}: wall / busy / wall over busy/CPUs (startup.json)",
+                     f"{c['wall_s']} s / {c['busy_s']} s / {c['ratio']} (load {c['loadavg_1min']}) vs warm "
+                     f"{1 / warm['efficiency']:.2f} (above; target <= 1.3)"))
     m = result["memory"]
     peak = {int(k): v for k, v in m["peak_pss_mib"].items()}  # int keys in a run, strings once read from JSON
     rows.append((f"peak memory of `make extract` (PSS), {small} -> {large} videos",

@@ -88,3 +88,15 @@ def race_acquire(root, rounds, barrier, results):
         except StoreBusyError:
             results.put((i, False))
     barrier.wait()  # every process still holds what it won until all rounds are counted
+
+
+def kill_actor_once(path, cfg, start=None, end=None):
+    """Kills the actor that decodes (this sandbox child's parent: as Ray's memory monitor or a
+    crash would) while `<video>.killactor` exists beside the video, removing it first, so the
+    rerun decodes the video normally."""
+    flag = Path(f"{path}.killactor")
+    if flag.exists():
+        flag.unlink()
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)  # the actor is gone; its pipe closes this child
+    return decode_video(path, cfg, start, end)
