@@ -161,14 +161,14 @@ def user_error(exc: BaseException) -> WorkerError | None:
 
 def launch(cfg: DictConfig) -> None:
     """Join the Ray cluster, check shared storage, and train with `ray_train.workers` workers."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     conf = RayTrainConfig.from_cfg(cfg.ray_train)
     if conf.workers > 1 and not distributed_trainer():
         raise ValueError(f"ray_train.workers={conf.workers}, but this trainer runs one process (no "
                          "trainer/distributed.py): give ray_train.workers=1")
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     ray.init(address=conf.address, logging_level=logging.WARNING)
     hosts = preflight(cfg, conf)
     print(f"shared storage: {len(hosts)} node(s) see the store and the run folder: {', '.join(sorted(hosts))}",
