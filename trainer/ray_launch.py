@@ -86,14 +86,13 @@ def _worker_nodes(conf: RayTrainConfig) -> list[dict]:
     return fits
 
 
-def preflight(cfg: DictConfig, conf: RayTrainConfig) -> list[str]:
-    """Check on every node that can host a worker that it sees the store and run folder the
-    driver sees; returns the hosts checked, raises SharedStorageError naming every node that does not."""
+def preflight(store: Path, run_dir: Path, digest: str, conf: RayTrainConfig) -> list[str]:
+    """Check on every node that can host a worker that it sees the store (`digest`: its
+    store.json's) and the run folder the driver sees; returns the hosts checked, raises
+    SharedStorageError naming every node that does not."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    store, run_dir = check_paths(cfg)
-    digest = shared_storage.store_digest(store)
     token = shared_storage.mark(run_dir)
     try:
         nodes = _worker_nodes(conf)
@@ -165,24 +164,17 @@ def launch(cfg: DictConfig) -> None:
     if conf.workers > 1 and not distributed_trainer():
         raise ValueError(f"ray_train.workers={conf.workers}, but this trainer runs one process (no "
                          "trainer/distributed.py): give ray_train.workers=1")
+    store, run_dir = check_paths(cfg)
+    digest = shared_storage.store_digest(store)  # the driver's own view first: no cluster needed to refuse
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     ray.init(address=conf.address, logging_level=logging.WARNING)
-    hosts = preflight(cfg, conf)
+    hosts = preflight(store, run_dir, digest, conf)
     print(f"shared storage: {len(hosts)} node(s) see the store and the run folder: {', '.join(sorted(hosts))}",
           flush=True)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    trainer = TorchTrainer(
-        worker_loop, train_loop_config=plain,
-        scaling_config=ScalingConfig(num_workers=conf.workers, use_gpu=conf.gpus_per_worker > 0,
-                                     resources_per_worker=_resources(conf), placement_strategy=conf.placement),
-        run_config=RunConfig(name="ray_train", storage_path=str(Path(cfg.run_dir)),
-                             failure_config=FailureConfig(max_failures=conf.max_failures)))
+    trainer = torch_trainer(cfg, conf, run_dir)
     print(f"ray train: {conf.workers} worker(s) x {conf.cpus_per_worker} CPU + {conf.gpus_per_worker} GPU, "
-          f"placement {conf.placement}, run folder {cfg.run_dir}", flush=True)
+          f"placement {conf.placement}, run folder {run_dir}", flush=True)
     try:
         trainer.fit()
     except Exception as exc:
@@ -190,6 +182,21 @@ def launch(cfg: DictConfig) -> None:
         if found is None:
             raise
         raise found from None
+
+
+def torch_trainer(cfg: DictConfig, conf: RayTrainConfig, run_dir: Path):
+    """Ray Train's TorchTrainer running `worker_loop` on the resolved config. Ray Train's own
+    storage (a marker file only: checkpoints are the trainer's) goes under the run folder."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return TorchTrainer(
+        worker_loop, train_loop_config=plain,
+        scaling_config=ScalingConfig(num_workers=conf.workers, use_gpu=conf.gpus_per_worker > 0,
+                                     resources_per_worker=_resources(conf), placement_strategy=conf.placement),
+        run_config=RunConfig(name="ray_train", storage_path=str(run_dir),
+                             failure_config=FailureConfig(max_failures=conf.max_failures)))
 
 
 def _resources(conf: RayTrainConfig) -> dict:
