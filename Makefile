@@ -17,6 +17,9 @@ RAY_ADDRESS ?= http://127.0.0.1:8265
 # make submit: the interpreter of the project's .venv on the cluster's nodes (same path on all of them)
 CLUSTER_PYTHON ?= $(CURDIR)/.venv/bin/python
 SUBMIT_FLAGS ?=
+# make submit-train: the run folder (absolute on the cluster; shared by every node) and the Ray Train workers (ranks)
+RUN_DIR  ?= outputs/train/$(DATASET)
+WORKERS  ?= 1
 CHECK    ?=
 # make train NPROC=<processes per node> [NNODES=<m> NODE_RANK=<r> MASTER_ADDR=<node 0> MASTER_PORT=<port>]:
 # data-parallel training under torchrun (docs/training.md "Several GPUs / nodes")
@@ -41,7 +44,7 @@ TORCHRUN = $(PY) scripts/torchrun.py --nproc_per_node=$(NPROC) \
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT))
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN),$(PY))
 
-.PHONY: help setup weights demo-figures data extract train eval import-ckpt score params export import verify test test-fast bench bench-startup dryrun preview predict app browser submit slurm-local clean
+.PHONY: help setup weights demo-figures data extract train eval import-ckpt score params export import verify test test-fast bench bench-startup dryrun preview predict app browser submit submit-train slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -144,8 +147,15 @@ submit:  ## submit extraction to a running Ray cluster: make submit DATASET=next
 	@test -x .venv/bin/ray || { echo "error: no .venv/bin/ray here: run make setup first (it only needs the ray CLI)" >&2; exit 2; }
 	@echo "submit: OUT=$(abspath $(OUT)) and data under $(if $(DATA),$(abspath $(DATA)),$(abspath $(or $(CREMA_DATA),data))): paths every node must see"
 	.venv/bin/python scripts/submit.py .venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . --runtime-env scripts/ray_job.yaml $(SUBMIT_FLAGS) -- \
-	  env CREMA_DATA=$(abspath $(or $(CREMA_DATA),data)) sh scripts/ray_job.sh $(CLUSTER_PYTHON) \
+	  env CREMA_DATA=$(abspath $(or $(CREMA_DATA),data)) sh scripts/ray_job.sh $(CLUSTER_PYTHON) scripts/extract.py \
 	  $(SUBMIT_DATASET) features=$(FEATURES) out=$(abspath $(OUT)) ray.address=auto $(ARGS)
+
+submit-train:  ## train on a running Ray cluster (Ray Train): make submit-train DATASET=demo RAY_ADDRESS=http://head:8265 OUT=/shared/feats RUN_DIR=/shared/runs/demo [WORKERS=2]
+	@test -x .venv/bin/ray || { echo "error: no .venv/bin/ray here: run make setup first (it only needs the ray CLI)" >&2; exit 2; }
+	@echo "submit-train: OUT=$(abspath $(OUT)), RUN_DIR=$(abspath $(RUN_DIR)) and data under $(if $(DATA),$(abspath $(DATA)),$(abspath $(or $(CREMA_DATA),data))): paths every node must see"
+	.venv/bin/python scripts/submit.py .venv/bin/ray job submit --address $(RAY_ADDRESS) --working-dir . --runtime-env scripts/ray_job.yaml $(SUBMIT_FLAGS) -- \
+	  env CREMA_DATA=$(abspath $(or $(CREMA_DATA),data)) sh scripts/ray_job.sh $(CLUSTER_PYTHON) scripts/train_ray.py \
+	  $(SUBMIT_DATASET) features=$(FEATURES) out=$(abspath $(OUT)) run_dir=$(abspath $(RUN_DIR)) ray_train.workers=$(WORKERS) $(ARGS)
 
 slurm-local:  ## a single-host Slurm on this machine (Debian/Ubuntu, root) to try scripts/slurm_extract.sbatch: ARGS=--stop stops it
 	bash scripts/slurm_local.sh $(ARGS)

@@ -1,6 +1,6 @@
 """`make submit` against a real two-node Ray cluster on this machine (tests/cluster.py): the job
 runs on both nodes and writes the same bytes as a local run; losing the worker node mid-run
-costs nothing (slow).
+costs nothing; `make submit-train` trains on the local run's store with Ray Train (slow).
 
 Both runs share one config, so their stores must be byte-identical: the demo at 8 videos, one
 video per shard, and a decoder that sleeps before decoding (tests/faults.py:slow_decode) so that
@@ -35,6 +35,12 @@ NUM_CPUS = {"head": 4, "w1": 4}
 # The GCS declares a silent node dead after ~1 s x 4 missed health checks (Ray's defaults: 3 s x 5
 # plus a 10 s timeout), so the lost node's work moves to the head sooner; the retry budget
 # (pipeline/graph.py) is sized for the defaults.
+# make submit-train: Ray Train workers (ranks). The trainer runs one process until it is
+# data-parallel (trainer/distributed.py, issue 22); then 2, a rank per node (placement SPREAD).
+TRAIN_WORKERS = 1
+# A few steps on the local run's store: its extraction overrides (the same features hash), rgb only.
+TRAIN_ARGS = [c for c in CONFIG if not c.startswith("store.")] + [
+    "model.modalities=[rgb]", "trainer.epochs=1", "trainer.data.num_workers=0"]
 FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
                    "RAY_health_check_failure_threshold": "4"}
 
@@ -110,6 +116,43 @@ def check_store(root: Path, reference: Path) -> dict:
     assert all(m["ok"] == m["video_ids"] for m in markers.values())
     assert store_files(root) == store_files(reference)
     return markers
+
+
+def submit_train(cluster: LocalCluster, out: Path, data: Path, run_dir: Path, sid: str) -> subprocess.CompletedProcess:
+    """`make submit-train` as a user types it."""
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), "submit-train", "DATASET=demo",
+           f"RAY_ADDRESS={cluster.dashboard_url}", f"OUT={out}", f"DATA={data}", f"RUN_DIR={run_dir}",
+           f"WORKERS={TRAIN_WORKERS}", f"ARGS={' '.join(TRAIN_ARGS)}", f"SUBMIT_FLAGS=--submission-id={sid}"]
+    return subprocess.run(cmd, env=cluster.env(), capture_output=True, text=True, timeout=900)
+
+
+def test_make_submit_train_trains_on_the_cluster_and_its_checkpoint_loads(cluster, reference, data, tmp_path):
+    """Runs before the node-loss test, with both nodes up: every node is checked for the shared
+    store and run folder, the job SUCCEEDS, and the run folder holds a checkpoint that loads and
+    the metrics of its steps. A store that is not there fails the job with an `error:` line."""
+    import torch
+
+    from trainer import checkpoint
+    from trainer.evaluate import load_for_eval
+
+    assert set(cluster.node_ids()) == {"head", "w1"}
+    run_dir = tmp_path / "run"
+    proc = submit_train(cluster, reference.parent, data, run_dir, "crema-e2e-train")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert job_status(cluster, "crema-e2e-train") == "SUCCEEDED"
+    assert "shared storage: 2 node(s) see the store and the run folder" in out, out[-6000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in rows if r["event"] in ("step", "epoch")][-1] == "epoch"
+    assert all(set(r["loss"]) == {"rgb"} for r in rows if r["event"] == "step")
+    model, _, state = load_for_eval(checkpoint.resolve(run_dir / "checkpoints", "last"), torch.device("cpu"))
+    assert state["step"] >= 1 and "rgb" in model.modalities
+    assert (run_dir / "report.md").is_file() and not list(run_dir.glob(".crema-shared-*"))
+
+    missing = submit_train(cluster, tmp_path / "no_features", data, tmp_path / "run2", "crema-e2e-train-nostore")
+    assert missing.returncode != 0 and job_status(cluster, "crema-e2e-train-nostore") == "FAILED"
+    assert f"error: no feature store at {tmp_path / 'no_features' / 'demo'}" in missing.stdout + missing.stderr
+    assert "Traceback" not in missing.stdout + missing.stderr
 
 
 def test_make_submit_uses_both_nodes_loses_one_mid_run_and_matches_a_local_run(cluster, reference, data, tmp_path):

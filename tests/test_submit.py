@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.submit import prepare
+from scripts.submit import AFTER_FAILURE, kind, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -28,6 +28,14 @@ def test_a_submission_id_is_added_only_when_the_flags_name_none():
         argv = ["ray", "job", "submit", "--address=http://h:8265", *given, "--no-wait", "--", "true"]
         cmd, sid, address, no_wait = prepare(argv)
         assert (cmd, sid, address, no_wait) == (argv, "mine", "http://h:8265", True)
+
+
+def test_a_training_job_is_named_and_advised_as_one():
+    """make submit-train's entry point runs scripts/train_ray.py: its job id and failure advice say training."""
+    train = ["ray", "job", "submit", "--", "env", "X=1", "sh", "scripts/ray_job.sh", "/py", "scripts/train_ray.py", "a=1"]
+    extract = [*train[:-2], "scripts/extract.py", "a=1"]
+    assert prepare(train)[1].startswith("crema-train-") and prepare(extract)[1].startswith("crema-extract-")
+    assert "RUN_DIR" in AFTER_FAILURE[kind(train)] and "OUT" in AFTER_FAILURE[kind(extract)]
 
 
 def submit(cluster, *flags_and_entrypoint: str, **popen) -> subprocess.Popen:
