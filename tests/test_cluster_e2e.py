@@ -35,9 +35,8 @@ NUM_CPUS = {"head": 4, "w1": 4}
 # The GCS declares a silent node dead after ~1 s x 4 missed health checks (Ray's defaults: 3 s x 5
 # plus a 10 s timeout), so the lost node's work moves to the head sooner; the retry budget
 # (pipeline/graph.py) is sized for the defaults.
-# make submit-train: Ray Train workers (ranks). The trainer runs one process until it is
-# data-parallel (trainer/distributed.py, issue 22); then 2, a rank per node (placement SPREAD).
-TRAIN_WORKERS = 1
+# make submit-train: Ray Train workers (ranks), a rank per node (placement SPREAD).
+TRAIN_WORKERS = 2
 # A few steps on the local run's store: its extraction overrides (the same features hash), rgb only.
 TRAIN_ARGS = [c for c in CONFIG if not c.startswith("store.")] + [
     "model.modalities=[rgb]", "trainer.epochs=1", "trainer.data.num_workers=0"]

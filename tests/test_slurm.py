@@ -38,9 +38,8 @@ pytestmark = [
 
 EXTRACT_ARGS = ["dataset.num_videos=3", "features.decode.num_frames_stored=4",
                 "features.modalities=[rgb]"]  # the smallest real pipeline: decode, encoder, writer
-# Ranks per node for scripts/slurm_train.sbatch: 2 once the trainer is data-parallel
-# (trainer/distributed.py, issue 22); today's trainer runs one process.
-TRAIN_NPROC = 1
+# Ranks per node for scripts/slurm_train.sbatch (data-parallel under torchrun, gloo on CPUs).
+TRAIN_NPROC = 2
 
 
 def sbatch(tmp: Path, script: str, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, str, str]:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from core.store import STORE_META
 from trainer import shared_storage
-from trainer.ray_launch import RayTrainConfig, WorkerError, check_paths, distributed_trainer, launch, user_error
+from trainer.ray_launch import RayTrainConfig, WorkerError, check_paths, user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,9 +107,3 @@ def test_train_ray_config_is_the_training_config_plus_where_the_workers_run(over
     conf = RayTrainConfig(**ray_train.pop("ray_train"))
     assert ray_train == train and conf.workers == 1 and conf.gpus_per_worker == 0
 
-
-@pytest.mark.skipif(distributed_trainer(), reason="the trainer is data-parallel: several workers are allowed")
-def test_several_workers_are_refused_while_the_trainer_runs_one_process():
-    cfg = OmegaConf.create({"ray_train": {"workers": 2}, "store": "/s", "run_dir": "/r"})
-    with pytest.raises(ValueError, match="ray_train.workers=2, but this trainer runs one process"):
-        launch(cfg)

@@ -12,7 +12,6 @@ TorchTrainer rather than torchrun inside the job.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import socket
 from dataclasses import dataclass
@@ -54,12 +53,6 @@ class RayTrainConfig:
         if conf.workers < 1:
             raise ValueError(f"ray_train.workers={conf.workers}: give at least 1")
         return conf
-
-
-def distributed_trainer() -> bool:
-    """Whether this checkout's trainer runs data-parallel (trainer/distributed.py); a trainer
-    without it runs each worker as a whole run of its own, all writing one run folder."""
-    return importlib.util.find_spec("trainer.distributed") is not None
 
 
 def check_paths(cfg: DictConfig) -> tuple[Path, Path]:
@@ -117,19 +110,11 @@ def _probe(store: str, run_dir: str, token: str, digest: str) -> tuple[str, list
 
 
 def run_training(cfg: DictConfig) -> None:
-    """The training entry, as scripts/train.py runs it: train, then test the best checkpoint."""
-    from core import random_weights
-    from core.weights import make_hint, preflight as weights_preflight
-    from model.weights import crema_weights
-    from trainer.recipe import Trainer
+    """The training entry of `make train` (scripts/train.py's `run`) in this worker: Ray Train
+    has formed the process group, which trainer/distributed.setup() joins."""
+    from scripts.train import run
 
-    random_weights.apply(cfg)
-    random_weights.check_store_weights(cfg.store, cfg, cfg.model.modalities)
-    weights_preflight(crema_weights(cfg.model), make_hint=make_hint())
-    trainer = Trainer(cfg)
-    state = trainer.train()
-    if state.finished:
-        trainer.test()
+    run(cfg)
 
 
 def worker_loop(config: dict) -> None:
@@ -161,9 +146,6 @@ def user_error(exc: BaseException) -> WorkerError | None:
 def launch(cfg: DictConfig) -> None:
     """Join the Ray cluster, check shared storage, and train with `ray_train.workers` workers."""
     conf = RayTrainConfig.from_cfg(cfg.ray_train)
-    if conf.workers > 1 and not distributed_trainer():
-        raise ValueError(f"ray_train.workers={conf.workers}, but this trainer runs one process (no "
-                         "trainer/distributed.py): give ray_train.workers=1")
     store, run_dir = check_paths(cfg)
     digest = shared_storage.store_digest(store)  # the driver's own view first: no cluster needed to refuse
     import ray
