@@ -32,12 +32,15 @@ def main(cfg: DictConfig) -> None:
         from trainer.recipe import Trainer  # after the preflight: its imports alone take seconds
 
         trainer = Trainer(cfg)
-        state = trainer.train()
-        if not state.finished:
-            print(f"stopped at trainer.max_steps={cfg.trainer.max_steps} (step {state.step}); "
-                  f"run the same command with a larger max_steps (or 0) to continue")
-            return
-        trainer.test()
+        try:
+            state = trainer.train()
+            if not state.finished:
+                print(f"stopped at trainer.max_steps={cfg.trainer.max_steps} (step {state.step}); "
+                      f"run the same command with a larger max_steps (or 0) to continue")
+                return
+            trainer.test()
+        finally:
+            trainer.close()  # TensorBoard / W&B: flushed however the run ends
     except (StoreError, ModelUnavailableError, CheckpointError, ValueError) as exc:  # user-fixable
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))  # docs/training.md lists the codes
