@@ -106,7 +106,8 @@ class Backend(Protocol):
 
 
 class TensorBoard:
-    """Event files under `folder`; `resume_step` > 0 hides what an earlier session logged after it."""
+    """Event files under `folder`. Readers drop earlier sessions' events from `resume_step` + 1 on
+    (0, a fresh run: all of them)."""
 
     def __init__(self, folder: Path, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked for
