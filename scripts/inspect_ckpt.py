@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
         found = None
         if compare:
             random_weights.apply(cfg)  # weights=random builds another backbone: compare with that one
-            found = mismatches(view, checkpoint.read_state(directory), cfg, store=store)
+            found = mismatches(checkpoint.read_state(directory), cfg, store=store)
     except (checkpoint.CheckpointError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))

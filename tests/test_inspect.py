@@ -61,9 +61,8 @@ def test_the_same_config_matches_and_each_difference_is_named(trained):
     tmp, _ = trained
     directory = find(tmp / "run")
     state = checkpoint.read_state(directory)
-    view = holdings(directory)
-    assert mismatches(view, state, compose_train(tmp, *ONE_STEP)) == []
-    found = mismatches(view, state, compose_train(tmp, *ONE_STEP, "model.num_query_tokens=16", "trainer.lr=0.02",
+    assert mismatches(state, compose_train(tmp, *ONE_STEP)) == []
+    found = mismatches(state, compose_train(tmp, *ONE_STEP, "model.num_query_tokens=16", "trainer.lr=0.02",
                                                   "model.modalities=[rgb,flow]"), store=Path(tmp / "store"))
     assert found == [
         {"key": "model.modalities", "checkpoint": MODS, "config": ["rgb", "flow"], "affects": "load"},
@@ -71,7 +70,7 @@ def test_the_same_config_matches_and_each_difference_is_named(trained):
         {"key": "trainer.lr", "checkpoint": 0.01, "config": 0.02, "affects": "resume"},
     ]
     # other features: their hash per modality, and a store made with other settings
-    other = mismatches(view, state, compose_train(tmp, *ONE_STEP, "features.decode.max_side=128"))
+    other = mismatches(state, compose_train(tmp, *ONE_STEP, "features.decode.max_side=128"))
     assert {m["key"] for m in other} >= {f"features.{m}" for m in MODS}
 
 
@@ -114,6 +113,6 @@ def test_a_converted_reference_checkpoint_says_so(tmp_path):
     assert not view["resumable"] and view["kind"] == "best"
     # its features are the reference's: only the model and the prompt are compared
     cfg = compose_train(tmp_path, "model.num_query_tokens=4")
-    found = mismatches(view, checkpoint.read_state(directory), cfg)
+    found = mismatches(checkpoint.read_state(directory), cfg)
     assert {m["key"] for m in found} >= {"model.num_query_tokens"}
     assert not any(m["key"].startswith("features.") for m in found)

@@ -134,11 +134,11 @@ def _trained(state: dict) -> dict | None:
 # ---------------------------------------------------------------------- matching a config
 
 
-def mismatches(state_view: dict, state: dict, cfg, *, store: Path | None = None) -> list[dict]:
-    """[{"key", "checkpoint", "config", "affects"}] between a checkpoint and a composed train config
-    (`cfg`: model, dataset, features, trainer, seed); `store`: also that store's feature hashes."""
+def mismatches(state: dict, cfg, *, store: Path | None = None) -> list[dict]:
+    """[{"key", "checkpoint", "config", "affects"}] between a checkpoint's state.json and a composed
+    train config (`cfg`: model, dataset, features, trainer, seed); `store`: also that store's hashes."""
     out = _model_mismatches(state.get("model_config", {}), cfg)
-    mods = state_view["modalities"]
+    mods = state.get("model_config", {}).get("modalities", [])
     imported = "imported_from" in state
     if not imported:  # a release was trained on the reference's own features: no hash of ours to compare
         out += _differ("features", state.get("feature_hashes", {}), modality_hashes(cfg.features, mods), "eval")
@@ -194,10 +194,7 @@ def report(view: dict, found: list[dict] | None, against: str | None) -> list[st
     """The human table (the CLI prints a JSON line after it)."""
     lines = [f"checkpoint   {view['checkpoint']} ({view['kind']}: "
              f"{'weights, optimizer, RNG and position: resumable' if view['resumable'] else 'weights only'})",
-             f"origin       {view['origin']['how']}" + (f": {view['origin']['file']} (sha256 {view['origin']['sha256'][:12]}, "
-                                                        f"its modalities {view['origin']['reference_modalities']})"
-                                                        if "file" in view["origin"] else
-                                                        f": run {view['run_id']}, dataset {view['dataset']}, seed {view['seed']}"),
+             f"origin       {_origin_line(view)}",
              f"weights      {view['weights']}",
              f"checksums    verified: " + ", ".join(f"{f} ({n:,} bytes)" for f, n in view["files"].items()),
              f"modalities   {', '.join(view['modalities'])} (fusion {view['fusion']} over "
@@ -218,6 +215,14 @@ def report(view: dict, found: list[dict] | None, against: str | None) -> list[st
             lines += ["| key | checkpoint | config | breaks |", "|---|---|---|---|"]
             lines += [f"| {m['key']} | {m['checkpoint']!r} | {m['config']!r} | {m['affects']} |" for m in found]
     return lines
+
+
+def _origin_line(view: dict) -> str:
+    origin = view["origin"]
+    if "file" in origin:
+        return (f"{origin['how']}: {origin['file']} (sha256 {origin['sha256'][:12]}, its modalities "
+                f"{origin['reference_modalities']})")
+    return f"{origin['how']}: run {view['run_id']}, dataset {view['dataset']}, seed {view['seed']}"
 
 
 def _trained_line(trained: dict | None) -> str:
