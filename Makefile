@@ -44,7 +44,7 @@ TORCHRUN = $(PY) scripts/torchrun.py --nproc_per_node=$(NPROC) \
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT))
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN),$(PY))
 
-.PHONY: help setup weights demo-figures data extract train eval import-ckpt score params export import verify test test-fast bench bench-startup dryrun preview predict app browser submit submit-train slurm-local clean
+.PHONY: help setup weights demo-figures data extract train eval inspect import-ckpt score params export import verify test test-fast bench bench-startup dryrun preview predict app browser submit submit-train slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -69,6 +69,10 @@ train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo [NPR
 
 eval: $(STAMP)  ## evaluate a checkpoint: make eval DATASET=demo [CKPT=<checkpoint or folder of them>] [ARGS=...]
 	$(PY) scripts/eval.py $(HYDRA_COMMON) $(if $(CKPT),ckpt=$(CKPT)) $(ARGS)
+
+inspect: $(STAMP)  ## what a checkpoint holds, and mismatches with a config: make inspect CKPT=outputs/train/demo [ARGS="model.modalities=[rgb]"]
+	@test -n "$(CKPT)" || { echo "error: give CKPT=<a checkpoint folder, a run's checkpoints/ folder or its run folder> (make train writes outputs/train/<dataset>)" >&2; exit 2; }
+	$(PY) scripts/inspect_ckpt.py ckpt=$(CKPT) $(ARGS)
 
 import-ckpt: $(STAMP)  ## CREMA's released .pth -> a checkpoint (a checkpoint -> .pth): make import-ckpt SRC=nextqa_vdfn.pth DATASET=nextqa
 	@test -n "$(SRC)" || { echo "error: give SRC=<reference .pth> (or a checkpoint folder to export); see docs/training.md" >&2; exit 2; }

@@ -39,13 +39,16 @@ def run(cfg: DictConfig) -> None:
     from trainer.recipe import Trainer  # after the preflight: its imports alone take seconds
 
     trainer = Trainer(cfg)
-    state = trainer.train()
-    if not state.finished:
-        if trainer.is_main:
-            print(f"stopped at trainer.max_steps={cfg.trainer.max_steps} (step {state.step}); "
-                  f"run the same command with a larger max_steps (or 0) to continue")
-        return
-    trainer.test()
+    try:
+        state = trainer.train()
+        if not state.finished:
+            if trainer.is_main:
+                print(f"stopped at trainer.max_steps={cfg.trainer.max_steps} (step {state.step}); "
+                      f"run the same command with a larger max_steps (or 0) to continue")
+            return
+        trainer.test()
+    finally:
+        trainer.close()  # TensorBoard / W&B: flushed however the run ends
     if trainer.is_main:
         print(f"run folder: {cfg.run_dir} (metrics.jsonl, curves.png, report.md, checkpoints/)")
 

@@ -15,7 +15,9 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import DEMO_RUN_MODS as MODS, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer import checkpoint
+from trainer.inspection import find, holdings
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -57,6 +59,18 @@ def test_training_writes_checkpoints_metrics_curves_and_report(trained):
         assert f"| {qtype} |" in report
     assert "### val" in report and "### test" in report
     assert (run_dir / "curves.png").stat().st_size > 10_000
+    # the CLI's run also logged TensorBoard events (trainer.logger=tensorboard by default), closed and readable
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for m in MODS:
+        assert [e.step for e in events.Scalars(f"loss/{m}")] == [r["step"] for r in steps]
+    assert [e.value for e in events.Scalars("val/strict")] == pytest.approx([r["strict"] for r in evals])
+    assert "config/text_summary" in events.Tags()["tensors"]
+    # and `make inspect`'s holdings of the demo checkpoint: the run's modalities, steps and hashes
+    view = holdings(find(run_dir))
+    assert view["modalities"] == MODS and view["trained"]["steps"] == steps[-1]["step"]
+    assert view["trained"]["epochs_done"] == 3 and view["kind"] == "last" and view["resumable"]
+    assert set(view["feature_hashes"]) == set(MODS) and view["origin"]["how"] == "trained here (make train)"
 
 
 def test_eval_composes_subsets_and_matches_training(trained):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.util import to_plain
+from trainer.tracking import WandbConfig, backends
 
 MISSING_POLICIES = ("drop", "zero")
 SCHEDULES = ("lavis", "per_step")
@@ -97,8 +98,11 @@ class TrainerConfig:
     data: DataConfig
     prompt: PromptConfig
     decoding: DecodingConfig
+    logger: Any         # experiment tracking (trainer/tracking.py): tensorboard | wandb | none, or a list
+    wandb: WandbConfig
 
     def __post_init__(self) -> None:
+        backends(self.logger)  # an unknown name is an error now, not after an epoch
         if self.schedule not in SCHEDULES:
             raise ValueError(f"trainer.schedule={self.schedule!r}: choose from {list(SCHEDULES)}")
         self.grad_accum(1)
@@ -121,7 +125,7 @@ class TrainerConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         nested = {"early_exit": EarlyExitConfig, "data": DataConfig, "prompt": PromptConfig,
-                  "decoding": DecodingConfig}
+                  "decoding": DecodingConfig, "wandb": WandbConfig}
         for key, sub in nested.items():
             if key in d:
                 d[key] = _typed(sub, d[key], f"trainer.{key}")

@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from core import random_weights
 from core.datasets import load_dataset
-from core.util import pick_device
+from core.util import pick_device, to_plain
 from model.crema import Crema
-from trainer import checkpoint, distributed
+from trainer import checkpoint, distributed, tracking
 from trainer.config import TrainerConfig
 from trainer.data import (EpochSampler, collate, feature_widths, open_store, own_generator, rank_share,
                           split_datasets, to_device)
@@ -137,6 +137,7 @@ class Trainer:
         self.model.mmqa.set_trainable([m for m in self.modalities if m not in self.state.exited])
         if self.resumed_from is None:  # a resumed log already holds these rows
             self._log_setup()
+        self.tracker = self._tracker()
         distributed.barrier()  # rank 0 has cleaned, pruned and truncated before anyone goes on
 
     @property
@@ -213,6 +214,19 @@ class Trainer:
             raise checkpoint.mismatch(directory, saved, self.identity)
         checkpoint.drop_later_lasts(self.ckpt_dir, directory, self.run_id)
         return directory
+
+    def _tracker(self) -> tracking.Tracker:
+        """TensorBoard / W&B (trainer.logger) from the current step on; the config once per run."""
+        tracker = tracking.build(self.tc.logger, self.tc.wandb, run_dir=self.run_dir, run_id=self.run_id,
+                                 resume_step=self.state.step if self.resumed_from else 0, config=to_plain(self.cfg),
+                                 is_main=self.is_main)
+        if self.resumed_from is None:
+            tracker.config(OmegaConf.to_yaml(self.cfg, resolve=True), self.state.step)
+        return tracker
+
+    def close(self) -> None:
+        """Flush and close the trackers (scripts/train.py calls it however the run ends)."""
+        self.tracker.close()
 
     def _log_setup(self) -> None:
         groups = self.model.module_parameters()
@@ -326,8 +340,8 @@ class Trainer:
         st.loss_sum += sum(losses.values()) / len(losses)
         st.loss_count += 1
         if st.step % tc.log_every == 0 or st.step == 1:
-            self.log.write("step", epoch=st.epoch, step=st.step, lr=self.scheduler.get_last_lr()[0],
-                           loss=losses, grad_norm=norms)
+            self.tracker.log(self.log.write("step", epoch=st.epoch, step=st.step, lr=self.scheduler.get_last_lr()[0],
+                                            loss=losses, grad_norm=norms))
         return losses
 
     def _sync_grads(self) -> None:
@@ -375,10 +389,12 @@ class Trainer:
         summary, _ = evaluate_split(self.model, self.data["val"], self.device, batch_size=tc.eval_batch_size,
                                     num_workers=tc.data.num_workers, bf16=tc.bf16, desc=f"val {st.epoch}",
                                     scoring=self.scoring, decoding=tc.decoding)
-        self.log.write("eval", split="val", epoch=st.epoch, step=st.step,
-                       **{k: summary[k] for k in ("n", "strict", "lenient", "chance")})
-        self.log.write("epoch", epoch=st.epoch, step=st.step, train_loss=st.loss_sum / max(st.loss_count, 1),
-                       grad_norm=averages, exited=dict(st.exited), newly_exited=newly)
+        row = self.log.write("eval", split="val", epoch=st.epoch, step=st.step,
+                             **{k: summary[k] for k in ("n", "strict", "lenient", "chance")})
+        self.tracker.log({**row, **summary})  # the trackers get the per-question-type accuracies too
+        self.tracker.log(self.log.write("epoch", epoch=st.epoch, step=st.step,
+                                        train_loss=st.loss_sum / max(st.loss_count, 1), grad_norm=averages,
+                                        exited=dict(st.exited), newly_exited=newly))
         log.info("epoch %d: train loss %.4f, val strict EM %.1f%% (lenient %.1f%%, chance %s)", st.epoch,
                  st.loss_sum / max(st.loss_count, 1), summary["strict"], summary["lenient"],
                  f"{summary['chance']:.1f}%" if summary["chance"] is not None else "n/a")
@@ -427,8 +443,8 @@ class Trainer:
                                            bf16=self.tc.bf16, desc=split, scoring=self.scoring,
                                            decoding=self.tc.decoding)
             results[split] = summary
-            self.log.write("test" if split == "test" else "final_val", split=split, step=self.state.step,
-                           checkpoint=str(best), **summary)
+            self.tracker.log(self.log.write("test" if split == "test" else "final_val", split=split,
+                                            step=self.state.step, checkpoint=str(best), **summary))
         if self.is_main:
             write_report(self.run_dir / "report.md", results, best, self.modalities)
             plot_curves(self.log.read(), self.run_dir / "curves.png", loss=self.cfg.model.get("loss"))
