@@ -196,7 +196,7 @@ def report(view: dict, found: list[dict] | None, against: str | None) -> list[st
              f"{'weights, optimizer, RNG and position: resumable' if view['resumable'] else 'weights only'})",
              f"origin       {_origin_line(view)}",
              f"weights      {view['weights']}",
-             f"checksums    verified: " + ", ".join(f"{f} ({n:,} bytes)" for f, n in view["files"].items()),
+             "checksums    verified: " + ", ".join(f"{f} ({n:,} bytes)" for f, n in view["files"].items()),
              f"modalities   {', '.join(view['modalities'])} (fusion {view['fusion']} over "
              f"{', '.join(view['fused_modalities'] or []) or 'none'})",
              f"trained      {_trained_line(view['trained'])}",
