@@ -28,7 +28,7 @@ HYDRA_DATASET = dataset=$(DATASET) \
   $(if $(DATA),$(if $(filter videos,$(DATASET)),dataset.path=$(DATA),dataset.root=$(DATA)))
 HYDRA_COMMON = $(HYDRA_DATASET) features=$(FEATURES) out=$(OUT)
 
-.PHONY: help setup weights demo-figures data extract train eval import-ckpt score params export import verify test test-fast bench dryrun preview predict app browser submit slurm-local clean
+.PHONY: help setup weights demo-figures data extract plan train eval import-ckpt score params export import verify test test-fast bench dryrun preview predict app browser submit slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -47,6 +47,9 @@ data: $(STAMP)  ## check a dataset folder without extracting: make data DATASET=
 
 extract: $(STAMP)  ## extract features: make extract DATASET=nextqa [DATA=...] [ARGS="store.shard_size=16"]
 	$(PY) scripts/extract.py $(HYDRA_COMMON) $(ARGS)
+
+plan: $(STAMP)  ## predict extract's wall, GPU hours, bottleneck, store bytes from a sample: make plan DATASET=nextqa [DATA=...] [ARGS="plan.gpus=8 plan.cpus=96"]
+	$(PY) scripts/plan.py $(HYDRA_COMMON) $(ARGS)
 
 train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo ARGS="trainer.epochs=3"
 	$(PY) scripts/train.py $(HYDRA_COMMON) $(ARGS)
