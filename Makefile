@@ -111,6 +111,7 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	$(PY) scripts/bench_train.py out=$(OUT)
 	$(PY) scripts/bench_reference.py
 	$(PY) scripts/bench_store.py
+	$(PY) scripts/bench_plan.py
 	$(PY) scripts/bench.py $(ARGS)  # last: its table gathers every bench/results/*.json
 
 DEMO_RUN := bench/tmp/demo

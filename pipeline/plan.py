@@ -119,7 +119,7 @@ def store_bytes(root: Path, markers: dict) -> dict:
                 per_array[parts[0]] = per_array.get(parts[0], 0) + disk_bytes(path)
             else:
                 shard_meta += disk_bytes(path)
-    top = sum(disk_bytes(p) for p in root.iterdir() if p.is_file() and p.name not in ("report.json", PLAN_FILE))
+    top = sum(disk_bytes(p) for p in root.iterdir() if p.is_file() and p.name != PLAN_FILE)
     videos = sum(len(m["video_ids"]) for m in markers.values()) or 1
     return {"per_video": {k: v / videos for k, v in sorted(per_array.items())},
             "per_shard": shard_meta / max(1, len(markers)), "per_store": top,
@@ -242,11 +242,11 @@ def _other_cluster(plan_cfg: dict) -> dict | None:
     return {"CPU": float(plan_cfg.get("cpus") or 0), "GPU": float(plan_cfg.get("gpus") or 0)}
 
 
-def measure(cfg, index, features: dict, plan_cfg: dict) -> dict:
-    """Probe the dataset, run the sample on the Ray cluster, and return what was measured."""
+def measure(cfg, index, features: dict, plan_cfg: dict, process_s: float) -> dict:
+    """Probe the dataset, run the sample on the Ray cluster, and return what was measured
+    (``process_s``: this process's start-up before planning, which `make extract` pays too)."""
     import ray
 
-    process_s = _process_age()
     probes = probe_videos(index.videos)
     sample = pick_sample(probes, int(plan_cfg.get("sample") or 8))
     if not sample:
@@ -281,11 +281,12 @@ def run_plan(cfg) -> dict:
     from core.datasets import load_dataset
     from pipeline.demo import ensure_demo
 
+    process_s = _process_age()
     features = resolve_features(cfg.features)
     store_cfg, plan_cfg = to_plain(cfg.store), to_plain(cfg.get("plan")) or {}
     ensure_demo(cfg.dataset)
     index = load_dataset(cfg.dataset)
-    m = measure(cfg, index, features, plan_cfg)
+    m = measure(cfg, index, features, plan_cfg, process_s)
     shards = shard_sizes(index.videos, int(store_cfg["shard_size"]))
     fixed = sum(m["fixed_s"].values())
     clusters = [predict_cluster(features, store_cfg, plan_cfg, have, costs=m["stage_seconds_per_video"],
