@@ -126,20 +126,16 @@ def store_bytes(root: Path, markers: dict) -> dict:
             "sample_total": sum(per_array.values()) + shard_meta + top}
 
 
-def stage_costs(markers: dict, frames_per_video: int) -> tuple[dict, dict, list[float]]:
-    """(seconds per video per stage, seconds per frame per stage, each shard's busy seconds) from
-    the sample's markers: one actor's time, whichever plan ran the sample."""
-    total: dict[str, float] = {}
-    busy = []
-    videos = 0
-    for m in markers.values():
-        videos += len(m["video_ids"])
-        busy.append(sum(m["timings"].values()))
-        for name, sec in m["timings"].items():
-            stage = STAGE_OF_TIMING.get(name, name)
-            total[stage] = total.get(stage, 0.0) + sec
-    per_video = {k: v / max(1, videos) for k, v in total.items()}
+def stage_costs(markers: dict, run_seconds: dict, frames_per_video: int) -> tuple[dict, dict, list[float]]:
+    """(seconds per video per stage, seconds per frame per stage, each shard's busy seconds) of one
+    actor, whichever plan ran the sample: the run's summed stage seconds (``run_seconds``, the
+    report's: they include the writer's, which a marker on disk cannot hold) over its videos."""
+    videos = sum(len(m["video_ids"]) for m in markers.values())
+    per_video = {STAGE_OF_TIMING.get(k, k): v / max(1, videos) for k, v in run_seconds.items()}
     per_frame = {k: v / max(1, frames_per_video) for k, v in per_video.items()}
+    marked = {n for m in markers.values() for n in m["timings"]}
+    unmarked = sum(v for k, v in run_seconds.items() if k not in marked) / max(1, videos)
+    busy = [sum(m["timings"].values()) + unmarked * len(m["video_ids"]) for m in markers.values()]
     return per_video, per_frame, busy
 
 
@@ -256,9 +252,9 @@ def measure(cfg, index, features: dict, plan_cfg: dict, process_s: float) -> dic
     actors = int(fit_fused(plan_cfg.get("fused") or {}, features, have, shards=len(sample))["concurrency"])
     shard_size = math.ceil(len(sample) / max(1, actors))  # a shard per fused actor: they contend as in the real run
     scratch = Path(cfg.out) / f".plan-{index.name}"
-    _report, markers, wall = run_sample(cfg, index, sample, scratch, shard_size)
+    report, markers, wall = run_sample(cfg, index, sample, scratch, shard_size)
     frames = int(features["decode"].get("num_frames_stored") or features["decode"].get("num_frames") or 1)
-    costs, per_frame, busy = stage_costs(markers, frames)
+    costs, per_frame, busy = stage_costs(markers, report["run"]["stage_seconds"], frames)
     sizes = store_bytes(scratch / index.name, markers)
     t0 = time.perf_counter()
     if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
