@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from core import random_weights
 from core.features import combined_hash, modality_hashes, resolve_features
-from core.store import MARKER, collect_markers, read_marker
+from core.store import MARKER, read_marker
 from core.util import to_plain, write_json_atomic
 from pipeline.manifest import new_shards
 from pipeline.resources import (PLAN_FILE, choose_plan, cluster_shape, describe, describe_fused, fit_fused,

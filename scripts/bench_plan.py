@@ -5,8 +5,8 @@
 1. `scripts/plan.py` on the demo (tiny preset, its own local Ray) predicts wall and store bytes;
    `scripts/extract.py` with the same config then runs for real (the process's wall, the store's
    bytes on disk as du counts them, plan.json aside). Both figures and their errors are stored.
-2. Pools: the plan also answers for a stages-plan cluster of 8 logical CPUs (`plan.cpus=8`);
-   the same extraction runs twice on such a local Ray (`ray.num_cpus=8 plan.mode=stages`), once
+2. Pools: the plan also answers for a stages-plan cluster of 16 logical CPUs (`plan.cpus=16`);
+   the same extraction runs twice on such a local Ray (`ray.num_cpus=16 plan.mode=stages`), once
    with equal shares (`plan.measured=false`) and once with the pools plan.json sizes. Predicted
    and measured gain are both stored. The machine's load average is recorded beside them: the
    machine is shared, and a loaded machine stretches every wall.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.plan import disk_bytes  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "plan.json"
-POOL_CPUS = 8
+POOL_CPUS = 16  # logical: the tiny preset fixes decode and writer at one actor; 14 left for six extractors
 
 
 def cli(script: str, env: dict, *overrides: str) -> tuple[float, str]:
