@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from core.features import resolve_features
 from core.util import to_plain
 from media import write_video
-from pipeline.plan import pack, pick_sample, predict_bytes, predict_cluster, probe_videos, shard_sizes, stages_wall
+from pipeline.plan import (pack, pick_sample, predict_bytes, predict_cluster, probe_videos, shard_sizes, stage_costs,
+                           stages_wall)
 from core.schema import VideoEntry
 from presets import CONF
 
@@ -59,3 +60,13 @@ def test_a_prediction_for_two_cores_and_for_a_gpu_cluster():
     big = predict_cluster(features, store_cfg, plan_cfg, {"CPU": 96.0, "GPU": 8.0}, costs=costs, fixed_s=10.0,
                           shards=[8] * 15)
     assert big["cluster"] == {"CPU": 96, "GPU": 8} and big["gpu_hours"] == pytest.approx(big["predicted_wall_s"] * 8 / 3600)
+
+
+def test_costs_come_from_warm_shards_and_the_writer_from_the_run():
+    cold = {"video_ids": ["a", "b"], "timings": {"decode": 10.0, "depth": 20.0}, "written_at": 1.0}
+    warm = {"video_ids": ["c", "d"], "timings": {"decode": 2.0, "depth": 4.0}, "written_at": 2.0}
+    run = {"decode": 12.0, "depth": 24.0, "write": 8.0}
+    per_video, per_frame, busy = stage_costs({"s0": cold, "s1": warm}, run, frames_per_video=4, actors=1)
+    assert per_video == {"decode": 1.0, "depth": 2.0, "writer": 2.0}  # the writer: 8 s over 4 videos
+    assert per_frame["depth"] == 0.5 and busy == [10.0, 10.0]
+    assert stage_costs({"s0": cold}, {"decode": 10.0, "depth": 20.0}, 4, actors=1)[0]["depth"] == 10.0  # all cold

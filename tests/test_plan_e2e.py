@@ -19,10 +19,10 @@ def test_make_plan_predicts_from_a_sample_and_writes_plan_json(tmp_path):
     generate_demo(tmp_path / "data" / "demo", num_videos=4)
     env = {**os.environ, "CREMA_DATA": str(tmp_path / "data")}
     out = tmp_path / "out"
-    # store.shard_size=2 gives the dataset the sample's shards (a shard per fused actor): the
+    # store.shard_size=1 gives the dataset the sample's shards (two per fused actor, of one video): the
     # store-bytes prediction must then come back to the sample's own bytes
     proc = run_cli(env, "scripts/plan.py", "dataset=demo", "dataset.num_videos=4", "dataset.modalities=[rgb,depth]",
-                   "features.decode.num_frames_stored=4", f"out={out}", "store.shard_size=2", "plan.sample=4",
+                   "features.decode.num_frames_stored=4", f"out={out}", "store.shard_size=1", "plan.sample=4",
                    "plan.gpus=8", "plan.cpus=96")
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"predicted_wall_s", "predicted_store_bytes", "bottleneck"} <= set(last)
