@@ -92,13 +92,18 @@ def main() -> None:
     load = os.getloadavg()
     row = {"videos": args.videos, "load_avg_before": [round(x, 1) for x in load], "cores": os.cpu_count(),
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **predict_and_run(tmp, env, common)}
+    save(f"{args.videos}-video demo", row)  # the prediction is kept even if the pools' runs do not finish
     if not args.skip_pools:
         row["pools"] = pools(tmp, env, common)
+        save(f"{args.videos}-video demo", row)
+    print(json.dumps(row))
+
+
+def save(key: str, row: dict) -> None:
     row["load_avg_after"] = [round(x, 1) for x in os.getloadavg()]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[f"{args.videos}-video demo"] = row
+    results[key] = row
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(row))
 
 
 if __name__ == "__main__":
