@@ -47,13 +47,22 @@ def store_disk_bytes(root: Path) -> int:
     return sum(disk_bytes(p) for p in root.rglob("*") if p.is_file() and p.name != "plan.json")
 
 
-def predict_and_run(tmp: Path, env: dict, common: list[str]) -> dict:
-    """make plan, then make extract: the prediction against the measurement."""
-    plan_wall, out = cli("plan.py", env, *common, f"out={tmp}/out", f"plan.cpus={POOL_CPUS}", "plan.gpus=0")
-    line = json.loads(out.strip().splitlines()[-1])
+def predict_and_run(tmp: Path, env: dict, common: list[str], reuse_plan: bool = False) -> dict:
+    """make plan, then make extract: the prediction against the measurement (``reuse_plan``: the
+    plan.json of the last run, when its extract did not finish; the store is made anew)."""
+    store = tmp / "out" / "demo"
+    if reuse_plan:
+        plan_wall, line = None, json.loads((store / "plan.json").read_text())
+        for path in store.iterdir():
+            if path.name != "plan.json":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        plan_wall, out = cli("plan.py", env, *common, f"out={tmp}/out", f"plan.cpus={POOL_CPUS}", "plan.gpus=0")
+        line = json.loads(out.strip().splitlines()[-1])
     wall, _ = cli("extract.py", env, *common, f"out={tmp}/out")
     stored = store_disk_bytes(tmp / "out" / "demo")
-    return {"plan_wall_s": round(plan_wall, 1), "predicted_wall_s": round(line["predicted_wall_s"], 1),
+    return {"plan_wall_s": plan_wall and round(plan_wall, 1), "plan_reused": reuse_plan, "predicted_wall_s": round(line["predicted_wall_s"], 1),
             "measured_wall_s": round(wall, 1), "wall_error": round(line["predicted_wall_s"] / wall - 1, 3),
             "predicted_store_bytes": line["predicted_store_bytes"], "measured_store_bytes": stored,
             "bytes_error": round(line["predicted_store_bytes"] / stored - 1, 3), "bottleneck": line["bottleneck"]}
@@ -83,15 +92,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=120)
     ap.add_argument("--skip-pools", action="store_true", help="only the prediction against make extract")
+    ap.add_argument("--reuse-plan", action="store_true", help="keep the last run's plan.json; run extract only")
+    ap.add_argument("--only-pools", action="store_true", help="only the pools' runs, on the plan.json of the last run")
     args = ap.parse_args()
     tmp = ROOT / "bench" / "tmp" / f"plan-{args.videos}"
-    shutil.rmtree(tmp, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["CREMA_DATA"] = str(tmp / "data")
     common = ["dataset=demo", "features=tiny", f"dataset.num_videos={args.videos}"]
+    if args.only_pools:
+        row = json.loads(RESULTS.read_text())[f"{args.videos}-video demo"]
+        row["pools"] = {"load_avg_before": [round(x, 1) for x in os.getloadavg()], **pools(tmp, env, common)}
+        save(f"{args.videos}-video demo", row)
+        return
     load = os.getloadavg()
     row = {"videos": args.videos, "load_avg_before": [round(x, 1) for x in load], "cores": os.cpu_count(),
-           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **predict_and_run(tmp, env, common)}
+           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           **predict_and_run(tmp, env, common, reuse_plan=args.reuse_plan)}
     save(f"{args.videos}-video demo", row)  # the prediction is kept even if the pools' runs do not finish
     if not args.skip_pools:
         row["pools"] = pools(tmp, env, common)
