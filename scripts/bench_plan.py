@@ -47,6 +47,21 @@ def store_disk_bytes(root: Path) -> int:
     return sum(disk_bytes(p) for p in root.rglob("*") if p.is_file() and p.name != "plan.json")
 
 
+def plan_detail(plan: dict) -> dict:
+    """What the prediction was made of (plan.json): fixed costs, the sample, the stage costs and
+    the stages-plan answers (equal vs measured pools) for the POOL_CPUS cluster."""
+    pool = next((c for c in plan["clusters"] if c["cluster"] == {"CPU": POOL_CPUS, "GPU": 0}), None)
+    return {"fixed_s": {k: round(v, 1) for k, v in plan["fixed_s"].items()},
+            "sample": {k: plan["sample"][k] for k in ("shard_size", "shards", "actors", "wall_s", "busy_s")},
+            "stage_seconds_per_video": {k: round(v, 3) for k, v in plan["stage_seconds_per_video"].items()},
+            "pools_predicted": pool and {
+                "cluster": pool["cluster"], "equal": pool["stages_today"]["pools"],
+                "measured": pool["stages_balanced"]["pools"],
+                "wall_s": {"equal": round(pool["stages_today"]["wall_s"], 1),
+                           "measured": round(pool["stages_balanced"]["wall_s"], 1)},
+                "gain": round(1 - pool["stages_balanced"]["wall_s"] / pool["stages_today"]["wall_s"], 3)}}
+
+
 def predict_and_run(tmp: Path, env: dict, common: list[str], reuse_plan: bool = False) -> dict:
     """make plan, then make extract: the prediction against the measurement (``reuse_plan``: the
     plan.json of the last run, when its extract did not finish; the store is made anew)."""
@@ -65,7 +80,8 @@ def predict_and_run(tmp: Path, env: dict, common: list[str], reuse_plan: bool = 
     return {"plan_wall_s": plan_wall and round(plan_wall, 1), "plan_reused": reuse_plan, "predicted_wall_s": round(line["predicted_wall_s"], 1),
             "measured_wall_s": round(wall, 1), "wall_error": round(line["predicted_wall_s"] / wall - 1, 3),
             "predicted_store_bytes": line["predicted_store_bytes"], "measured_store_bytes": stored,
-            "bytes_error": round(line["predicted_store_bytes"] / stored - 1, 3), "bottleneck": line["bottleneck"]}
+            "bytes_error": round(line["predicted_store_bytes"] / stored - 1, 3), "bottleneck": line["bottleneck"],
+            "plan": plan_detail(json.loads((store / "plan.json").read_text()))}
 
 
 def pools(tmp: Path, env: dict, common: list[str]) -> dict:
