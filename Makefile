@@ -44,7 +44,7 @@ TORCHRUN = $(PY) scripts/torchrun.py --nproc_per_node=$(NPROC) \
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT))
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC) $(NNODES)),$(TORCHRUN),$(PY))
 
-.PHONY: help setup weights demo-figures data extract train eval inspect import-ckpt score params export import verify test test-fast bench bench-startup dryrun preview predict app browser submit submit-train slurm-local clean
+.PHONY: help setup weights demo-figures data extract plan train eval inspect import-ckpt score params export import verify test test-fast bench bench-startup dryrun preview predict app browser submit submit-train slurm-local clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) FEATURES=$(FEATURES) OUT=$(OUT) FORMAT=$(FORMAT) DATA=<videos folder/list, or dataset root> ARGS='<hydra overrides>'"
@@ -63,6 +63,9 @@ data: $(STAMP)  ## check a dataset folder without extracting: make data DATASET=
 
 extract: $(STAMP)  ## extract features: make extract DATASET=nextqa [DATA=...] [ARGS="store.shard_size=16"]
 	$(PY) scripts/extract.py $(HYDRA_COMMON) $(ARGS)
+
+plan: $(STAMP)  ## predict extract's wall, GPU hours, bottleneck, store bytes from a sample: make plan DATASET=nextqa [DATA=...] [ARGS="plan.gpus=8 plan.cpus=96"]
+	$(PY) scripts/plan.py $(HYDRA_COMMON) $(ARGS)
 
 train: $(STAMP)  ## train CREMA on cached features: make train DATASET=demo [NPROC=2 ...] ARGS="trainer.epochs=3"
 	$(TRAIN_LAUNCH) scripts/train.py $(HYDRA_COMMON) $(ARGS)
@@ -129,6 +132,7 @@ bench: $(STAMP)  ## benchmarks -> bench/results/*.json (summary in docs/benchmar
 	$(PY) scripts/bench_reference.py
 	$(PY) scripts/bench_store.py
 	$(PY) scripts/bench_startup.py
+	$(PY) scripts/bench_plan.py
 	$(PY) scripts/bench.py $(ARGS)  # last: its table gathers every bench/results/*.json
 
 bench-startup: $(STAMP)  ## make extract on the demo as a user runs it (cold, own Ray), 3 times -> bench/results/startup.json

@@ -22,8 +22,8 @@ from pipeline.errors import ExtractError, quiet_known_errors, storage_error  # n
 from pipeline.lease import StoreBusyError, StoreLease
 from pipeline.manifest import plan_shards
 from pipeline.report import build_report, summary, write_report
-from pipeline.resources import (CPU_ONLY_NOTE, choose_plan, describe, describe_fused, fit_fused, fit_resources,
-                                 stage_nodes, wants_gpu)
+from pipeline.resources import (CPU_ONLY_NOTE, PLAN_FILE, choose_plan, describe, describe_fused, fit_fused,
+                                 fit_resources, measured_costs, stage_nodes, wants_gpu)
 from pipeline.store import init_store, recover_replaced, remove_stale_temporaries, write_failures
 
 log = logging.getLogger("crema.extract")
@@ -209,6 +209,21 @@ def hop_bytes(hops: list[dict]) -> dict:
             "max": {k: max(h.get(k, 0) for h in hops) for k in stages}} if hops else {}
 
 
+def _measured(root: Path, hashes: dict, have: dict, plan_cfg: dict) -> dict | None:
+    """Stage costs of the plan.json beside the store when `plan.measured` and it fits this run (logged either way)."""
+    if not plan_cfg.get("measured", True):
+        return None
+    path = root / PLAN_FILE
+    try:
+        found = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s): equal shares", path, exc)
+        return None
+    costs, why = measured_costs(found, combined_hash(hashes), have)
+    log.info("stage pools: %s", why)
+    return costs
+
+
 def _translated(rows):
     """Iterate the graph's output, turning a user-fixable failure inside Ray into an ExtractError."""
     try:
@@ -242,7 +257,8 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
             log.warning("no GPU in the Ray cluster: %s", CPU_ONLY_NOTE)
         check_fused(fused, have, local=local)
     else:
-        features, store_cfg, notes = fit_resources(features, store_cfg, have)
+        costs = _measured(root, hashes, have, plan_cfg)
+        features, store_cfg, notes = fit_resources(features, store_cfg, have, costs=costs)
         for note in notes:
             (log.warning if note.startswith("no GPU") else log.info)("%s", note)
         log.info("plan: stages (%s): %s", why, describe(features, store_cfg))
@@ -353,8 +369,9 @@ def _process_start() -> float | None:
         return None
 
 
-def run_extract(cfg) -> dict:
-    """Run (or resume, extend, repair) extraction for ``cfg.dataset`` into ``cfg.out``; returns the report.
+def run_extract(cfg, index=None) -> dict:
+    """Run (or resume, extend, repair) extraction for ``cfg.dataset`` (or the videos of ``index``,
+    `make plan`'s sample) into ``cfg.out``; returns the report.
 
     Raises StorageError (pipeline.errors) when the store's filesystem refuses a write, after
     printing what the store holds and removing this run's temporaries.
@@ -365,8 +382,9 @@ def run_extract(cfg) -> dict:
     state = RunState(t0=time.time(), requested=[], process_start=_process_start())
     features = resolve_features(cfg.features)
     state.requested, state.preset = list(features["modalities"]), features.get("preset")
-    ensure_demo(cfg.dataset)
-    index = load_dataset(cfg.dataset)
+    if index is None:
+        ensure_demo(cfg.dataset)
+        index = load_dataset(cfg.dataset)
     root = Path(cfg.out) / index.name
     store_cfg = to_plain(cfg.store)
     try:

@@ -57,14 +57,18 @@ def wants_gpu(name: str, res: dict) -> bool:
         str(res.get("device", "auto")).lower() in ("auto", "cuda")
 
 
-def fit_resources(features: dict, store_cfg: dict, have: dict) -> tuple[dict, dict, list[str]]:
+def fit_resources(features: dict, store_cfg: dict, have: dict, costs: dict | None = None) -> tuple[dict, dict, list[str]]:
     """Copies of (resolved features, store config) with every `auto` made a number for a cluster
-    with ``have`` (Ray's cluster_resources: CPU, GPU); plus notes for the log."""
+    with ``have`` (Ray's cluster_resources: CPU, GPU); plus notes for the log.
+
+    ``costs`` ({stage: seconds per video of one actor}, a measured plan.json) sizes the automatic
+    pools by throughput (`balance_pools`) instead of equal shares."""
     features, store_cfg = copy.deepcopy(features), copy.deepcopy(store_cfg)
     nodes = stage_nodes(features, store_cfg)
     cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
     notes: list[str] = []
     gpu_stages = [n for n, r in nodes.items() if wants_gpu(n, r)]
+    sizable = {n for n, r in nodes.items() if _is_auto(r.get("concurrency"))}
 
     # GPUs
     for name, res in nodes.items():
@@ -112,7 +116,60 @@ def fit_resources(features: dict, store_cfg: dict, have: dict) -> tuple[dict, di
     for res in nodes.values():  # concurrency left `auto` on a stage with fixed numbers
         if _is_auto(res.get("concurrency")):
             res["concurrency"] = 1
+    if costs:
+        notes.append(balance_pools(nodes, costs, have, growable=sizable, gpu_stages=set(gpu_stages)))
     return features, store_cfg, notes
+
+
+# With fewer GPUs than model stages, this many actors per model stage share the GPUs, so that a
+# costly stage can hold several slices of the GPU's time (today's equal shares: one each).
+SHARED_GPU_ACTORS_PER_STAGE = 2
+
+
+def _gpu_slots(gpus: float, n_stages: int) -> tuple[int, float]:
+    """(GPU actors the model stages may hold in all, GPU fraction of each) for ``gpus`` GPUs."""
+    if gpus >= n_stages:
+        return int(gpus), 1.0
+    slots = SHARED_GPU_ACTORS_PER_STAGE * n_stages
+    return slots, _floor(gpus / slots)
+
+
+def balance_pools(nodes: dict, costs: dict, have: dict, *, growable: set, gpu_stages: set) -> str:
+    """Resize, in place, the pools of ``growable`` stages (concurrency `auto`) so that each stage's
+    throughput (actors / seconds per video) is as even as the cluster allows; returns a log note.
+
+    Every stage keeps at least one actor. Actors are added one at a time to the stage that would
+    finish its share last (the largest cost / actors) while the cluster holds it: one actor per CPU
+    in all (never fewer than today's pools), and for model stages that use a GPU, whole GPUs when
+    there are at least as many GPUs as model stages, else `_gpu_slots` fractions. The actors of
+    stages with a fixed concurrency are left as they are and counted."""
+    cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+    mean = sum(costs.values()) / len(costs)
+    cost = {n: float(costs.get(n, mean)) for n in nodes}
+    grow = [n for n in nodes if n in growable and cost[n] > 0]
+    use_gpu = {n for n in grow if n in gpu_stages and float(nodes[n].get("num_gpus") or 0) > 0}
+    slots, frac = _gpu_slots(gpus, len(use_gpu)) if use_gpu else (0, 0.0)
+    weight = {n: max(1.0, float(r["num_cpus"])) for n, r in nodes.items()}  # CPUs an actor holds, at least one
+    budget = max(float(int(cpus)), sum(weight[n] * int(r["concurrency"]) for n, r in nodes.items()))
+    count = {n: 1 for n in grow}
+    used = sum(weight[n] * (count.get(n) or int(r["concurrency"])) for n, r in nodes.items())
+    while grow:
+        top = max(grow, key=lambda n: cost[n] / count[n])
+        gpu_used = sum(count[n] for n in use_gpu) + (top in use_gpu)
+        if used + weight[top] > budget + 1e-9 or (top in use_gpu and gpu_used > slots):
+            break
+        count[top] += 1
+        used += weight[top]
+    for n, k in count.items():
+        nodes[n]["concurrency"] = k
+        if n in use_gpu:
+            nodes[n]["num_gpus"] = frac
+        if float(nodes[n]["num_cpus"]) * k > cpus and cpus > 0:  # never ask one stage for more than the cluster
+            nodes[n]["num_cpus"] = _floor(cpus / k)
+    bottleneck = max(nodes, key=lambda n: cost[n] / int(nodes[n]["concurrency"]))
+    return ("pools sized by measured throughput (plan.json): " + ", ".join(
+        f"{n} {int(nodes[n]['concurrency'])} for {cost[n]:.3g} s/video" for n in nodes)
+        + f"; slowest per video: {bottleneck}")
 
 
 def describe(features: dict, store_cfg: dict) -> str:
@@ -199,3 +256,26 @@ def _warn_stage_gpus_unused(features: dict, fused: dict) -> None:
 def describe_fused(res: dict) -> str:
     gpu = float(res.get("num_gpus") or 0)
     return f"fused {res['concurrency']}x{float(res['num_cpus']):g}" + (f"+{gpu:g}GPU" if gpu else "")
+
+
+PLAN_FILE = "plan.json"
+
+
+def cluster_shape(have: dict) -> dict:
+    """What identifies a cluster for a measured plan: its CPUs and GPUs (whole numbers)."""
+    return {"CPU": int(round(float(have.get("CPU", 0)))), "GPU": int(round(float(have.get("GPU", 0))))}
+
+
+def measured_costs(plan_json: dict | None, config_hash: str, have: dict) -> tuple[dict | None, str]:
+    """(stage costs, why) from a `make plan` result when it was measured for these features
+    (``config_hash``) and answers for this cluster's shape; (None, why not) otherwise."""
+    if not plan_json:
+        return None, f"no {PLAN_FILE} beside the store (make plan measures one): equal shares"
+    shape = cluster_shape(have)
+    shapes = [c.get("cluster") for c in plan_json.get("clusters", [])]
+    if plan_json.get("config_hash") != config_hash:
+        return None, (f"{PLAN_FILE} was measured for features {plan_json.get('config_hash')}, this run's are "
+                      f"{config_hash}: equal shares")
+    if shape not in shapes:
+        return None, f"{PLAN_FILE} answers for clusters {shapes}, this one is {shape}: equal shares"
+    return {k: float(v) for k, v in plan_json["stage_seconds_per_video"].items()}, f"{PLAN_FILE} matches {shape}"

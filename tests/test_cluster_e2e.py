@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 N_VIDEOS = 8
 CONFIG = [f"dataset.num_videos={N_VIDEOS}", "store.shard_size=1", "features.decode.num_frames_stored=4",
-          "+features.decode.decoder=faults:slow_decode"]
+          "dataset.modalities=[rgb,depth,flow]", "+features.decode.decoder=faults:slow_decode"]
 # Logical CPUs per node (the machine has 2 cores): the tiny preset's eight pools need 2 in all, so
 # the head alone can hold every pool (the job survives losing the worker) and SPREAD has room to
 # put some on each node.
@@ -78,6 +78,16 @@ def submit_cmd(cluster: LocalCluster, out: Path, data: Path, submission_id: str)
     return ["make", "--no-print-directory", "-C", str(ROOT), "submit", "DATASET=demo",
             f"RAY_ADDRESS={cluster.dashboard_url}", f"OUT={out}", f"DATA={data}", f"ARGS={' '.join(CONFIG)} plan.mode=stages",
             f"SUBMIT_FLAGS=--submission-id={submission_id}"]
+
+
+def measured_plan(root: Path, reference: Path) -> None:
+    """A plan.json beside the job's store, as `make plan` writes it, for these features and this
+    cluster's shape (8 CPUs): depth measured at 4x the seconds per video of every other stage."""
+    config_hash = json.loads((reference / "report.json").read_text())["config_hash"]
+    costs = {"decode": 0.5, "depth": 2.0, "flow": 0.5, "encoder": 0.5, "writer": 0.5}
+    root.mkdir(parents=True)
+    (root / "plan.json").write_text(json.dumps({"config_hash": config_hash, "stage_seconds_per_video": costs,
+                                                "clusters": [{"cluster": {"CPU": sum(NUM_CPUS.values()), "GPU": 0}}]}))
 
 
 def store_files(root: Path) -> dict[str, str]:
@@ -155,12 +165,14 @@ def test_make_submit_train_trains_on_the_cluster_and_its_checkpoint_loads(cluste
 
 
 def test_make_submit_uses_both_nodes_loses_one_mid_run_and_matches_a_local_run(cluster, reference, data, tmp_path):
-    """One `make submit`: its stages spread over both nodes, the worker node is killed (kill -9 of
-    its raylet) after the first shard, the job still SUCCEEDS, every shard is written once, and
-    the store's bytes are those of a local run."""
+    """One `make submit`: its stage pools follow the measured plan.json beside the store (the stage
+    at 4x the cost gets 4x the actors), its stages spread over both nodes, the worker node is
+    killed (kill -9 of its raylet) after the first shard, the job still SUCCEEDS, every shard is
+    written once, and the store's bytes are those of a local run."""
     ids = cluster.node_ids()
     assert set(ids) == {"head", "w1"}, f"both nodes must be up: {ids}"
     root = tmp_path / "out" / "demo"
+    measured_plan(root, reference)
     sid = "crema-e2e-node-loss"
     log = tmp_path / "submit.log"
     with open(log, "w") as sink:
@@ -182,6 +194,11 @@ def test_make_submit_uses_both_nodes_loses_one_mid_run_and_matches_a_local_run(c
                 proc.kill()
     text = log.read_text()
     assert rc == 0, text[-6000:]
+    # 8 CPUs, decode and writer fixed at one actor by the tiny preset: 6 actors for depth, flow,
+    # encoder at 2.0 : 0.5 : 0.5 s per video -> 4 : 1 : 1 (equal shares would be 1 : 1 : 1)
+    assert "pools sized by measured throughput" in text, text[-6000:]
+    assert re.search(r"plan: stages .*decode 1x0\.25, depth 4x0\.25, flow 1x0\.25, encoder 1x0\.25, writer 1x0\.25",
+                     text), text[-6000:]
     assert job_status(cluster, sid) == "SUCCEEDED"
     assert set(cluster.node_ids()) == {"head"}, "the worker node was not lost"
     left = [int(n) for n in re.findall(r"There are (\d+) retries remaining", text)]

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from core.features import resolve_features
 from core.util import to_plain
 from pipeline.extract import ExtractError, check_fused, check_resources
-from pipeline.resources import choose_plan, fit_fused, fit_resources, stage_nodes
+from pipeline.resources import choose_plan, fit_fused, fit_resources, measured_costs, stage_nodes
 from presets import CONF
 
 
@@ -174,3 +174,68 @@ def test_fields_leave_the_payload_after_their_last_reader():
     payload = {"videos": [video()]}
     shrink(payload, unknown["depth"])
     assert "next_frames" in payload["videos"][0] and "thermal" in payload["videos"][0]["images"]
+
+
+# Pools sized by measured throughput (plan.json's seconds per video of one actor, per stage).
+COSTS = {"decode": 0.5, "depth": 2.0, "flow": 8.0, "normal": 0.5, "encoder": 4.0, "pointcloud": 0.5,
+         "audio": 1.0, "writer": 0.5}
+CLUSTERS = [{"CPU": 2.0}, {"CPU": 16.0}, {"CPU": 16.0, "GPU": 1.0}, {"CPU": 96.0, "GPU": 8.0},
+            {"CPU": 64.0, "GPU": 3.0}, {"CPU": 1.0}]
+
+
+@pytest.mark.parametrize("have", CLUSTERS)
+def test_measured_pools_fit_the_cluster_and_keep_every_stage(have):
+    features, store_cfg = full("features.modalities=[rgb,depth,flow,normal,pointcloud,audio]")
+    fitted, fitted_store, notes = fit_resources(features, store_cfg, have, costs=COSTS)
+    check_resources(fitted, fitted_store, have, local=True)
+    p = pools(fitted, fitted_store)
+    assert all(k >= 1 for _, _, k in p.values())
+    assert sum(g * k for _, g, k in p.values()) <= have.get("GPU", 0) + 1e-9
+    assert sum(c * k for c, _, k in p.values()) <= have["CPU"] + 1e-9
+    assert any("measured throughput" in n for n in notes)
+
+
+def test_the_costliest_stage_gets_the_most_actors_in_proportion():
+    features, store_cfg = full("features.modalities=[rgb,depth,flow,normal,pointcloud,audio]")
+    equal = pools(*fit_resources(features, store_cfg, {"CPU": 16.0})[:2])
+    p = pools(*fit_resources(features, store_cfg, {"CPU": 16.0}, costs=COSTS)[:2])
+    assert sum(k for *_, k in p.values()) == sum(k for *_, k in equal.values()) == 16  # the same CPUs, redistributed
+    # 8 : 4 : 2 s/video, one actor each at least: 16 actors fall as 6 : 3 : 2 (each pool 1-1.3 s per video)
+    assert (p["flow"][2], p["encoder"][2], p["depth"][2], p["audio"][2]) == (6, 3, 2, 1)
+    assert max(COSTS[n] / p[n][2] for n in p) < max(COSTS[n] / equal[n][2] for n in equal)  # the slowest pool is faster
+
+
+def test_eight_gpus_go_whole_to_the_costly_model_stages():
+    features, store_cfg = full("features.modalities=[rgb,depth,flow,normal,pointcloud,audio]")
+    p = pools(*fit_resources(features, store_cfg, {"CPU": 96.0, "GPU": 8.0}, costs=COSTS)[:2])
+    gpu = {n: (g, k) for n, (_, g, k) in p.items() if g}
+    assert set(gpu) == GPU_STAGES and all(g == 1.0 for g, _ in gpu.values())
+    assert sum(k for _, k in gpu.values()) == 8 and gpu["flow"][1] > gpu["encoder"][1] > gpu["audio"][1]
+
+
+def test_one_shared_gpu_gives_the_costly_stage_more_slices():
+    features, store_cfg = full("features.modalities=[rgb,depth,flow,normal,pointcloud,audio]")
+    p = pools(*fit_resources(features, store_cfg, {"CPU": 16.0, "GPU": 1.0}, costs=COSTS)[:2])
+    assert p["flow"][2] > p["depth"][2] and p["flow"][1] < 0.25  # more actors, each a thinner slice
+    assert sum(g * k for _, g, k in p.values()) <= 1.0 + 1e-9
+
+
+def test_the_tiny_preset_grows_only_the_pools_it_leaves_auto():
+    features, store_cfg, _ = tiny()
+    costs = {**{n: 1.0 for n in stage_nodes(features, store_cfg)}, "depth": 4.0}
+    # 11 CPUs, one actor each: decode and writer 1 (fixed), 9 for the six extractors -> depth 4, the others 1
+    p = pools(*fit_resources(features, store_cfg, {"CPU": 11.0}, costs=costs)[:2])
+    assert p["decode"][2] == p["writer"][2] == 1  # the preset fixes their concurrency
+    assert p["depth"][2] == 4 * p["flow"][2] and p["depth"][0] == 0.25
+
+
+def test_a_measured_plan_applies_only_to_its_features_and_cluster():
+    plan = {"config_hash": "abc", "clusters": [{"cluster": {"CPU": 2, "GPU": 0}}, {"cluster": {"CPU": 96, "GPU": 8}}],
+            "stage_seconds_per_video": {"decode": 1, "depth": 4}}
+    assert measured_costs(plan, "abc", {"CPU": 96.0, "GPU": 8.0})[0] == {"decode": 1.0, "depth": 4.0}
+    assert measured_costs(plan, "abc", {"CPU": 2.0})[0] is not None
+    costs, why = measured_costs(plan, "abd", {"CPU": 2.0})
+    assert costs is None and "abc" in why and "abd" in why
+    costs, why = measured_costs(plan, "abc", {"CPU": 8.0})
+    assert costs is None and "equal shares" in why
+    assert measured_costs(None, "abc", {"CPU": 8.0})[0] is None
