@@ -69,12 +69,14 @@ def free_ports(n: int) -> list[int]:
 _WORKER_BLOCKS: set[int] = set()  # worker ports handed to clusters started by this process
 
 
-def free_port_range(width: int, avoid: set[int], lo: int = 20000, hi: int = 32000) -> tuple[int, int]:
+def free_port_range(width: int, avoid: set[int], lo: int = 30000, hi: int = 32700) -> tuple[int, int]:
     """A block of `width` consecutive ports that are all free now and hold none of `avoid` (for
     Ray's worker processes; `ray start` refuses a node whose fixed ports fall inside its worker range).
 
     Below Linux's ephemeral range (32768+), where `free_ports` and every outgoing connection get
-    their ports, so no other component or connection lands in the block later either.
+    their ports, so no other component or connection lands in the block later either; above
+    20000-29999, where scripts/slurm_extract.sbatch puts a job's Ray (tests/test_slurm.py), and
+    Ray's default worker ports (10002-19999) of the CLIs that start a local Ray of their own.
     """
     import random
 

@@ -20,25 +20,35 @@ OWN_RAY = {"test_cluster_e2e.py", "test_slurm.py"}
 
 
 # Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) each worker has its own session
-# fixtures. The files of a group run on ONE worker: the demo run is built once, and the tests that
-# start clusters of their own (4+4 logical CPUs, a Slurm job's Ray) never overlap each other. By
-# file name, decided where xdist schedules: xdist 3.8's `xdist_group` marks do nothing under
-# pytest 9 (it renames item._nodeid, which pytest 9 no longer reads).
-GROUPS = {"demo_run": {"test_app_browser.py", "test_predict.py", "test_train_e2e.py"}, "own_clusters": OWN_RAY}
-GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+# fixtures. The tests of a group run on ONE worker, one after the other: the demo run is built
+# once, and the tests that start a Ray of their own (clusters of 4+4 logical CPUs, a Slurm job's
+# Ray, a CLI's local Ray under /tmp/ray on Ray's default ports) never run at the same time. Keys
+# are file names or "file::test" prefixes, matched where xdist schedules: xdist 3.8's
+# `xdist_group` marks do nothing under pytest 9 (it renames item._nodeid, which pytest 9 ignores).
+GROUPS = {
+    "demo_run": {"test_app_browser.py", "test_predict.py", "test_train_e2e.py"},
+    "own_ray": OWN_RAY | {"test_extract_e2e.py::test_kill_9_then_rerun_equals_uninterrupted_run"},
+}
+
+
+def xdist_group(nodeid: str) -> str | None:
+    """The group of a test id (tests/x.py::test_y[p]) in GROUPS, None for a test of its own."""
+    path, _, rest = nodeid.partition("::")
+    here = f"{Path(path).name}::{rest}"
+    return next((g for g, keys in GROUPS.items() for k in keys if here == k or here.startswith(
+        k if "::" in k else k + "::")), None)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadgroup` with GROUPS: each group's files are one unit of work (one worker)."""
+    """`--dist loadgroup` with GROUPS: each group is one unit of work (one worker)."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
 
     class FileGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            group = GROUP_OF.get(Path(nodeid.split("::")[0]).name)
-            return group if group else super()._split_scope(nodeid)
+            return xdist_group(nodeid) or super()._split_scope(nodeid)
 
     return FileGroupScheduling(config, log)
 

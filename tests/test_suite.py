@@ -40,3 +40,18 @@ def test_no_budget_no_verdict_and_a_bad_value_is_one_error_line(tmp_path):
     bad = inner_run(tmp_path, "-o", "suite_budget_s=ten minutes")
     assert bad.returncode == pytest.ExitCode.USAGE_ERROR
     assert "error: suite_budget_s='ten minutes' is not a number" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("nodeid, group", [
+    ("tests/test_predict.py::test_predict_user_errors_name_the_video", "demo_run"),
+    ("tests/test_app_browser.py::test_explore_shows_report_and_why_a_video_failed", "demo_run"),
+    ("tests/test_cluster_e2e.py::test_make_submit_uses_both_nodes_loses_one_mid_run_and_matches_a_local_run", "own_ray"),
+    ("tests/test_extract_e2e.py::test_kill_9_then_rerun_equals_uninterrupted_run", "own_ray"),
+    ("tests/test_extract_e2e.py::test_too_many_failures_exit_nonzero", None),  # joins the session's Ray
+    ("tests/test_predict_more.py::test_a", None),  # a prefix of a file name is not the file
+    ("tests/test_app.py::test_backend_refuses_before_reading", None),
+])
+def test_xdist_groups_by_file_or_test(nodeid, group):
+    from conftest import xdist_group
+
+    assert xdist_group(nodeid) == group
