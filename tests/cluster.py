@@ -69,15 +69,18 @@ def free_ports(n: int) -> list[int]:
 _WORKER_BLOCKS: set[int] = set()  # worker ports handed to clusters started by this process
 
 
-def free_port_range(width: int, avoid: set[int], lo: int = 20000, hi: int = 32000) -> tuple[int, int]:
+def free_port_range(width: int, avoid: set[int], lo: int = 30000, hi: int = 32700) -> tuple[int, int]:
     """A block of `width` consecutive ports that are all free now and hold none of `avoid` (for
     Ray's worker processes; `ray start` refuses a node whose fixed ports fall inside its worker range).
 
     Below Linux's ephemeral range (32768+), where `free_ports` and every outgoing connection get
-    their ports, so no other component or connection lands in the block later either.
+    their ports, so no other component or connection lands in the block later either; above
+    20000-29999, where scripts/slurm_extract.sbatch puts a job's Ray (tests/test_slurm.py), and
+    Ray's default worker ports (10002-19999) of the CLIs that start a local Ray of their own.
     """
     import random
 
+    lo, hi = _this_workers_share(lo, hi)
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(200):
         start = rng.randrange(lo, hi - width)
@@ -92,6 +95,19 @@ def free_port_range(width: int, avoid: set[int], lo: int = 20000, hi: int = 3200
         if ok:
             return start, start + width - 1
     raise ClusterError(f"no block of {width} free ports between {lo} and {hi}")
+
+
+def _this_workers_share(lo: int, hi: int) -> tuple[int, int]:
+    """The part of [lo, hi) that this pytest-xdist worker owns (all of it without xdist).
+
+    Each worker remembers only its own blocks (_WORKER_BLOCKS is per process) and Ray binds a
+    worker's port only when that worker starts, long after the block was checked free: two
+    workers' clusters must never be able to pick overlapping blocks.
+    """
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    width = (hi - lo) // max(count, 1)
+    return lo + index * width, lo + (index + 1) * width
 
 
 @dataclass

@@ -9,11 +9,57 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# The suite's wall-time budget (tests/budget.py): its hooks, found here by name.
+from budget import pytest_addoption, pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary  # noqa: E402,F401
+
 # The slow end-to-end tests run their CLIs against ONE Ray started for the whole session (a real
 # `ray start --head`, tests/cluster.py) instead of each CLI starting a local Ray of its own (~10 s
 # each): RAY_ADDRESS tells scripts/extract.py to join it. The cluster and Slurm tests bring their
 # own clusters; CREMA_TEST_OWN_RAY=1 makes every test start its own local Ray as a user's run does.
 OWN_RAY = {"test_cluster_e2e.py", "test_slurm.py"}
+
+
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) each worker has its own session
+# fixtures. The tests of a group run on ONE worker, one after the other: the demo run is built
+# once, and the tests that start a Ray of their own (clusters of 4+4 logical CPUs, a Slurm job's
+# Ray, a CLI's local Ray under /tmp/ray on Ray's default ports) never run at the same time. Keys
+# are file names or "file::test" prefixes, matched where xdist schedules: xdist 3.8's
+# `xdist_group` marks do nothing under pytest 9 (it renames item._nodeid, which pytest 9 ignores).
+GROUPS = {
+    "demo_run": {"test_app_browser.py", "test_predict.py", "test_train_e2e.py"},
+    "own_ray": OWN_RAY | {"test_extract_e2e.py::test_kill_9_then_rerun_equals_uninterrupted_run"},
+}
+
+
+def xdist_group(nodeid: str) -> str | None:
+    """The group of a test id (tests/x.py::test_y[p]) in GROUPS, None for a test of its own."""
+    path, _, rest = nodeid.partition("::")
+    here = f"{Path(path).name}::{rest}"
+    return next((g for g, keys in GROUPS.items() for k in keys if here == k or here.startswith(
+        k if "::" in k else k + "::")), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with GROUPS: each group is one unit of work (one worker)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or super()._split_scope(nodeid)
+
+    return FileGroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test file that uses the session's demo run must be in GROUPS (else xdist builds it twice)."""
+    stray = sorted({item.path.name for item in items if "demo_run" in getattr(item, "fixturenames", ())}
+                   - GROUPS["demo_run"])
+    if stray:
+        raise pytest.UsageError(f"error: {', '.join(stray)} use(s) the demo_run fixture: add the file to "
+                                "GROUPS['demo_run'] in tests/conftest.py (under xdist it would build a second demo run)")
 
 
 @pytest.fixture(scope="session")

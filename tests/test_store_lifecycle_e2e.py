@@ -129,9 +129,9 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", f"import faults; faults.hold_lease("
                                f"{str(out / 'videos')!r}, {str(ready)!r})"], env={**env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     try:
-        for _ in range(300):
-            if ready.exists():
-                break
+        deadline = time.monotonic() + 180  # the holder imports the project first: slow on a busy machine
+        while not ready.exists():  # without its lease held, the refusal below tests nothing
+            assert holder.poll() is None and time.monotonic() < deadline, "the lease holder did not start"
             time.sleep(0.1)
         proc = extract(folder, out, "features.modalities=[rgb]", check=False)
         assert proc.returncode != 0
