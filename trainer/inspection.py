@@ -127,7 +127,7 @@ def _trained(state: dict) -> dict | None:
         return None  # a converted release: the reference's own training, not recorded here
     # a best-* is saved at the end of its epoch, before the epoch counter moves on
     done = ts["epoch"] + (1 if state.get("kind") == "best" else 0)
-    return {"steps": ts["step"], "epoch": ts["epoch"], "batch": ts["batch"], "epochs_done": done,
+    return {"steps": ts["step"], "epoch": ts["epoch"], "samples": ts.get("samples"), "epochs_done": done,
             "finished": ts["finished"], "early_exits": ts.get("exited", {}), "best": ts.get("best", {})}
 
 
@@ -232,5 +232,5 @@ def _trained_line(trained: dict | None) -> str:
     best = trained["best"]
     best_text = f"; best val strict {best['strict']:.1f}% at epoch {best['epoch']}" if best else ""
     return (f"{trained['steps']} optimizer steps, {trained['epochs_done']} epochs done (epoch {trained['epoch']} "
-            f"batch {trained['batch']}), {'finished' if trained['finished'] else 'not finished'}; "
+            f"question {trained['samples']} of the epoch), {'finished' if trained['finished'] else 'not finished'}; "
             f"early exits: {exits}{best_text}")
