@@ -153,7 +153,9 @@ class Crema(nn.Module):
         target, labels = self._targets(texts, embeds.device)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                        decoder_attention_mask=target.attention_mask)
-        return out.loss
+        # in float32: a bf16 LLM's log-softmax over 32k tokens would round the loss
+        logits = out.logits.float()
+        return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
     @torch.no_grad()
     def predict(self, batch: dict, *, modalities=None, lora_off=(), decoding: dict | None = None) -> list[dict]:
@@ -240,9 +242,20 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
         return Crema(config, mmqa, llm, tokenizer)
 
 
+def frozen_dtype(config: CremaConfig) -> torch.dtype:
+    """The frozen LLM's dtype (`model.frozen_dtype`). auto: bfloat16 unless the device cannot
+    compute it (a GPU older than Ampere: float16 would overflow T5, so float32 there). CPU bf16
+    matmuls work in torch, and a Flan-T5-XL in float32 alone is ~11 GiB."""
+    if config.frozen_dtype == "auto":
+        no_bf16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
+        return torch.float32 if no_bf16 else torch.bfloat16
+    return getattr(torch, config.frozen_dtype)
+
+
 def _random_frozen(config: CremaConfig):
     qformer = Blip2QFormerModel(Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": config.vision_width}))
-    llm = T5ForConditionalGeneration(T5Config(**config.t5))
+    # built in its dtype from the start: a float32 copy first would double the build's peak memory
+    llm = T5ForConditionalGeneration._from_config(T5Config(**config.t5), dtype=frozen_dtype(config))
     tokenizer = phrase_tokenizer(config.phrase_tokens) if config.tokenizer == "byt5" else None
     if tokenizer is not None and len(tokenizer) > llm.config.vocab_size:
         raise ValueError(f"model.t5.vocab_size={llm.config.vocab_size} < the tokenizer's {len(tokenizer)} tokens "
@@ -254,8 +267,7 @@ def _load_frozen(config: CremaConfig):
     from model.pretrained import load_blip2, load_t5
 
     qformer, init = load_blip2(config.blip2, config.blip2_revision)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    llm, tokenizer = load_t5(config.t5_model, config.t5_revision, dtype)
+    llm, tokenizer = load_t5(config.t5_model, config.t5_revision, frozen_dtype(config))
     if config.tokenizer == "byt5":
         tokenizer = phrase_tokenizer(config.phrase_tokens)
     return qformer.eval(), llm.eval(), tokenizer, init
