@@ -174,13 +174,8 @@ class Crema(nn.Module):
         mc = [i for i, n in enumerate(num_options) if n > 0]
         oe = [i for i, n in enumerate(num_options) if n == 0]
         if mc:
-            if self.config.choice_scoring == "letter":
-                scores = self._letter_scores(embeds[mc], mask[mc])
-            else:
-                scores = self._option_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc])
-            width = torch.arange(scores.shape[1], device=scores.device)
-            counts = torch.tensor([num_options[i] for i in mc], device=scores.device)
-            scores = scores.masked_fill(width[None, :] >= counts[:, None], float("-inf"))
+            scores = self._choice_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc],
+                                         [num_options[i] for i in mc])
             for row, i in enumerate(mc):
                 choice = int(scores[row].argmax())
                 out[i] = {"choice": choice, "text": batch["options"][i][choice]}
@@ -194,6 +189,31 @@ class Crema(nn.Module):
             for i, text in zip(oe, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[i] = {"choice": None, "text": text.strip()}
         return out
+
+    @torch.no_grad()
+    def choice_scores(self, batch: dict, *, modalities=None, lora_off=()) -> torch.Tensor:
+        """[B, max options]: the score `predict` ranks each multiple-choice option by (its letter's
+        logit, or its text's mean token log-likelihood, per `choice_scoring`); -inf past a
+        question's options and on every open-ended row."""
+        embeds, mask = self.encoder_inputs(batch, modalities=modalities, lora_off=lora_off)
+        counts = batch["num_options"].tolist()
+        scores = torch.full((len(counts), max(counts, default=0)), float("-inf"), device=embeds.device)
+        mc = [i for i, n in enumerate(counts) if n > 0]
+        if mc:
+            picked = self._choice_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc], [counts[i] for i in mc])
+            scores[mc, :picked.shape[1]] = picked
+        return scores
+
+    def _choice_scores(self, embeds: torch.Tensor, mask: torch.Tensor, options: list, counts: list[int]):
+        """[N, max(counts)]: the scores of N multiple-choice questions, -inf past each one's count."""
+        if self.config.choice_scoring == "letter":
+            scores = self._letter_scores(embeds, mask)
+        else:
+            scores = self._option_scores(embeds, mask, options)
+        scores = scores[:, :max(counts)]
+        columns = torch.arange(scores.shape[1], device=scores.device)
+        limit = torch.tensor(counts, device=scores.device)
+        return scores.masked_fill(columns[None, :] >= limit[:, None], float("-inf"))
 
     def _letter_scores(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         start = self.llm.config.decoder_start_token_id

@@ -323,3 +323,18 @@ def test_a_bf16_llm_is_built_without_a_float32_copy_and_trains_with_float32_grad
 def test_frozen_dtype_is_checked():
     with pytest.raises(ValueError, match="model.frozen_dtype"):
         CremaConfig(frozen_dtype="float16")
+
+
+@pytest.mark.parametrize("scoring", ["letter", "option_text"])
+def test_choice_scores_are_what_predict_ranks(scoring):
+    model = tiny(choice_scoring=scoring, loss="lm", modalities=["rgb", "depth"]).eval()
+    batch = fake_batch(mods=["rgb", "depth"], b=3)
+    batch["options"] = [("left", "right"), ("up", "down", "it does not move"), ()]
+    batch["num_options"] = torch.tensor([2, 3, 0])
+    scores = model.choice_scores(batch)
+    assert scores.shape == (3, 3)
+    assert torch.isinf(scores[0, 2]) and torch.isinf(scores[2]).all() and torch.isfinite(scores[1]).all()
+    preds = model.predict(batch)
+    assert [p["choice"] for p in preds[:2]] == scores[:2].argmax(-1).tolist()
+    alone = model.choice_scores(batch, modalities=["rgb"])
+    assert not torch.allclose(alone[:2, :2], scores[:2, :2])
