@@ -110,7 +110,10 @@ def main(argv: list[str]) -> dict:
         result["stored"] = stored_shapes(out / "demo")
         run_dir = out / "train"
         train = run_measured("train", [py, "scripts/train.py", *common, f"run_dir={run_dir}",
-                                       f"trainer.max_steps={args.steps}", "trainer.batch_size=1", "trainer.log_every=1",
+                                       f"trainer.max_steps={args.steps}", "trainer.log_every=1",
+                                       # one question per step: with the full recipe's global batch (8 or
+                                       # more) a step would accumulate over whole epochs of the 3 questions
+                                       "trainer.batch_size=1", "trainer.global_batch=1",
                                        # no forked loader workers: each would share (and touch) the ~17 GiB parent
                                        "trainer.data.num_workers=0",
                                        "trainer.resume=never"], out / "train.log", args.timeout)
