@@ -16,6 +16,7 @@ import numpy as np
 from app import explore, render
 from app.predict import Asker, PredictError, frame_views, point_cloud
 from app.roots import PathRefused, Roots
+from core.hub import ModelUnavailableError
 from core.store import STORE_META, FeatureStore, StoreError
 from model.scoring import LETTERS
 from trainer import checkpoint
@@ -141,4 +142,4 @@ class Backend:
 
 
 USER_ERRORS = (PredictError, PathRefused, StoreError, checkpoint.CheckpointError, FileNotFoundError, KeyError,
-               ValueError, json.JSONDecodeError)
+               ValueError, json.JSONDecodeError, ModelUnavailableError)

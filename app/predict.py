@@ -25,8 +25,11 @@ from core.modalities import FRAME, get
 from core.schema import QARecord, VideoEntry, safe_video_id
 from core.store import ShardSpec
 from core.util import pick_device, to_plain
+from core.weights import make_hint, preflight
+from extractors.weights import features_weights
 from model.crema import Crema
 from model.scoring import LETTERS
+from model.weights import crema_weights
 from trainer import checkpoint
 from trainer.config import DataConfig, PromptConfig
 from trainer.data import QADataset, collate, to_device
@@ -98,6 +101,7 @@ class Asker:
         that `features_cfg` computes the features it was trained on."""
         try:
             directory = checkpoint.resolve(ckpt, "best")
+            check_weights(directory, features_cfg)
             dev = pick_device(device)
             model, prompt, state = load_for_eval(directory, dev)
         except (checkpoint.CheckpointError, FileNotFoundError) as err:
@@ -164,12 +168,20 @@ def option_scores(model: Crema, batch: dict, modalities: list[str]) -> list[floa
     n = int(batch["num_options"][0])
     if n == 0:
         return None
-    embeds, mask = model.encoder_inputs(batch, modalities=modalities)
-    if model.config.choice_scoring == "letter":
-        raw = model._letter_scores(embeds, mask)[0, :n]
-    else:
-        raw = model._option_scores(embeds, mask, [batch["options"][0]])[0, :n]
+    raw = model.choice_scores(batch, modalities=modalities)[0, :n]
     return [round(float(p), 4) for p in torch.softmax(raw.float(), dim=0)]
+
+
+def check_weights(directory: Path, features_cfg) -> None:
+    """The weights preflight of train/eval/extract, for what asking this checkpoint loads: its
+    frozen model parts and the extractor models of its modalities. WeightsMissingError (one
+    message naming every missing model and its download command) before anything is built."""
+    model_config = checkpoint.read_state(directory).get("model_config") or {}
+    modalities = list(model_config.get("modalities") or [])
+    needed = crema_weights(model_config, user="predict")
+    if modalities:
+        needed += features_weights(resolve_features(features_for(features_cfg, modalities)))
+    preflight(needed, make_hint=make_hint())
 
 
 def extract_video(path: Path, features: dict) -> dict:

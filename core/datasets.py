@@ -543,12 +543,13 @@ def music_avqa(cfg: dict) -> DatasetIndex:
 # ----------------------------------------------------------------------------- SQA3D
 
 # The reference's breakdown: the first of these found in the question (a case-sensitive
-# substring test, in this order), else "Others".
+# substring test, in this order), else SQA3D_OTHER, spelt as the reference's results spell it.
 SQA3D_QTYPES = ("What", "How", "Can", "Is", "Which")
+SQA3D_OTHER = "Other"
 
 
 def _sqa3d_qtype(question: str) -> str:
-    return next((t for t in SQA3D_QTYPES if t in question), "Others")
+    return next((t for t in SQA3D_QTYPES if t in question), SQA3D_OTHER)
 
 
 def sqa3d(cfg: dict) -> DatasetIndex:

@@ -12,6 +12,7 @@ from typing import Any
 from core.modalities import BASE, check
 
 FUSIONS = ("espresso", "concat")
+FROZEN_DTYPES = ("auto", "bfloat16", "float32")
 ESPRESSO_MODES = ("concat", "add")
 CHOICE_SCORING = ("letter", "option_text")
 LOSSES = ("lm", "options")
@@ -59,6 +60,10 @@ class CremaConfig:
     t5_model: str | None = None
     t5_revision: str | None = None
     tokenizer: str = "pretrained"     # pretrained: the T5 checkpoint's; byt5: transformers' ByT5Tokenizer
+    # The frozen LLM's weights, built (or loaded) directly in this dtype: auto is bfloat16 wherever
+    # the device computes it (CPU and bf16 GPUs), float32 on a GPU without bf16. The Q-Former and
+    # every trainable parameter stay float32 (model/crema.py: frozen_dtype).
+    frozen_dtype: str = "float32"
     qformer: dict[str, Any] = field(default_factory=dict)
     t5: dict[str, Any] = field(default_factory=dict)
     # tokenizer=byt5 only: phrases spelled as ONE token each (a subword vocabulary's common words);
@@ -87,6 +92,8 @@ class CremaConfig:
         if self.loss == "options" and self.choice_scoring != "option_text":
             raise ValueError("model.loss=options ranks the options' texts: it needs model.choice_scoring=option_text "
                              "(letter scoring learns the \"Option X\" target with model.loss=lm)")
+        if self.frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"model.frozen_dtype={self.frozen_dtype!r}: choose from {list(FROZEN_DTYPES)}")
         if self.tokenizer not in ("pretrained", "byt5"):
             raise ValueError(f"model.tokenizer={self.tokenizer!r}: choose pretrained or byt5")
         self.qformer = dict(self.qformer)

@@ -153,7 +153,9 @@ class Crema(nn.Module):
         target, labels = self._targets(texts, embeds.device)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                        decoder_attention_mask=target.attention_mask)
-        return out.loss
+        # in float32: a bf16 LLM's log-softmax over 32k tokens would round the loss
+        logits = out.logits.float()
+        return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
     @torch.no_grad()
     def predict(self, batch: dict, *, modalities=None, lora_off=(), decoding: dict | None = None) -> list[dict]:
@@ -172,13 +174,8 @@ class Crema(nn.Module):
         mc = [i for i, n in enumerate(num_options) if n > 0]
         oe = [i for i, n in enumerate(num_options) if n == 0]
         if mc:
-            if self.config.choice_scoring == "letter":
-                scores = self._letter_scores(embeds[mc], mask[mc])
-            else:
-                scores = self._option_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc])
-            width = torch.arange(scores.shape[1], device=scores.device)
-            counts = torch.tensor([num_options[i] for i in mc], device=scores.device)
-            scores = scores.masked_fill(width[None, :] >= counts[:, None], float("-inf"))
+            scores = self._choice_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc],
+                                         [num_options[i] for i in mc])
             for row, i in enumerate(mc):
                 choice = int(scores[row].argmax())
                 out[i] = {"choice": choice, "text": batch["options"][i][choice]}
@@ -192,6 +189,31 @@ class Crema(nn.Module):
             for i, text in zip(oe, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[i] = {"choice": None, "text": text.strip()}
         return out
+
+    @torch.no_grad()
+    def choice_scores(self, batch: dict, *, modalities=None, lora_off=()) -> torch.Tensor:
+        """[B, max options]: the score `predict` ranks each multiple-choice option by (its letter's
+        logit, or its text's mean token log-likelihood, per `choice_scoring`); -inf past a
+        question's options and on every open-ended row."""
+        embeds, mask = self.encoder_inputs(batch, modalities=modalities, lora_off=lora_off)
+        counts = batch["num_options"].tolist()
+        scores = torch.full((len(counts), max(counts, default=0)), float("-inf"), device=embeds.device)
+        mc = [i for i, n in enumerate(counts) if n > 0]
+        if mc:
+            picked = self._choice_scores(embeds[mc], mask[mc], [batch["options"][i] for i in mc], [counts[i] for i in mc])
+            scores[mc, :picked.shape[1]] = picked
+        return scores
+
+    def _choice_scores(self, embeds: torch.Tensor, mask: torch.Tensor, options: list, counts: list[int]):
+        """[N, max(counts)]: the scores of N multiple-choice questions, -inf past each one's count."""
+        if self.config.choice_scoring == "letter":
+            scores = self._letter_scores(embeds, mask)
+        else:
+            scores = self._option_scores(embeds, mask, options)
+        scores = scores[:, :max(counts)]
+        columns = torch.arange(scores.shape[1], device=scores.device)
+        limit = torch.tensor(counts, device=scores.device)
+        return scores.masked_fill(columns[None, :] >= limit[:, None], float("-inf"))
 
     def _letter_scores(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         start = self.llm.config.decoder_start_token_id
@@ -240,9 +262,20 @@ def crema(config: CremaConfig, *, device: str | torch.device | None = None) -> C
         return Crema(config, mmqa, llm, tokenizer)
 
 
+def frozen_dtype(config: CremaConfig) -> torch.dtype:
+    """The frozen LLM's dtype (`model.frozen_dtype`). auto: bfloat16 unless the device cannot
+    compute it (a GPU older than Ampere: float16 would overflow T5, so float32 there). CPU bf16
+    matmuls work in torch, and a Flan-T5-XL in float32 alone is ~11 GiB."""
+    if config.frozen_dtype == "auto":
+        no_bf16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
+        return torch.float32 if no_bf16 else torch.bfloat16
+    return getattr(torch, config.frozen_dtype)
+
+
 def _random_frozen(config: CremaConfig):
     qformer = Blip2QFormerModel(Blip2QFormerConfig(**{**config.qformer, "encoder_hidden_size": config.vision_width}))
-    llm = T5ForConditionalGeneration(T5Config(**config.t5))
+    # built in its dtype from the start: a float32 copy first would double the build's peak memory
+    llm = T5ForConditionalGeneration._from_config(T5Config(**config.t5), dtype=frozen_dtype(config))
     tokenizer = phrase_tokenizer(config.phrase_tokens) if config.tokenizer == "byt5" else None
     if tokenizer is not None and len(tokenizer) > llm.config.vocab_size:
         raise ValueError(f"model.t5.vocab_size={llm.config.vocab_size} < the tokenizer's {len(tokenizer)} tokens "
@@ -254,8 +287,7 @@ def _load_frozen(config: CremaConfig):
     from model.pretrained import load_blip2, load_t5
 
     qformer, init = load_blip2(config.blip2, config.blip2_revision)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    llm, tokenizer = load_t5(config.t5_model, config.t5_revision, dtype)
+    llm, tokenizer = load_t5(config.t5_model, config.t5_revision, frozen_dtype(config))
     if config.tokenizer == "byt5":
         tokenizer = phrase_tokenizer(config.phrase_tokens)
     return qformer.eval(), llm.eval(), tokenizer, init

@@ -51,11 +51,12 @@ def run_measured(name: str, argv: list[str], log: Path, timeout_s: float) -> dic
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        peak, done = [0], threading.Event()
+        peak, loads, done = [0], [], threading.Event()
 
         def sample():
             while not done.wait(0.5):
                 peak[0] = max(peak[0], tree_rss(proc.pid))
+                loads.append(os.getloadavg()[0])
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -68,7 +69,10 @@ def run_measured(name: str, argv: list[str], log: Path, timeout_s: float) -> dic
         sampler.join()
     wall = time.perf_counter() - t0
     print(f"dryrun: {name}: exit {rc} in {wall:.0f} s, peak {peak[0] / GIB:.1f} GiB (log: {log})", flush=True)
-    return {"exit": rc, "wall_s": round(wall, 1), "peak_pss_gib": round(peak[0] / GIB, 2), "log": str(log)}
+    # the machine's load beside it: wall seconds on a shared 2-core machine mean little without it
+    load = [round(min(loads), 1), round(max(loads), 1)] if loads else None
+    return {"exit": rc, "wall_s": round(wall, 1), "peak_pss_gib": round(peak[0] / GIB, 2), "load_1min_range": load,
+            "log": str(log)}
 
 
 def stored_shapes(store: Path) -> dict:
@@ -106,7 +110,10 @@ def main(argv: list[str]) -> dict:
         result["stored"] = stored_shapes(out / "demo")
         run_dir = out / "train"
         train = run_measured("train", [py, "scripts/train.py", *common, f"run_dir={run_dir}",
-                                       f"trainer.max_steps={args.steps}", "trainer.batch_size=1", "trainer.log_every=1",
+                                       f"trainer.max_steps={args.steps}", "trainer.log_every=1",
+                                       # one question per step: with the full recipe's global batch (8 or
+                                       # more) a step would accumulate over whole epochs of the 3 questions
+                                       "trainer.batch_size=1", "trainer.global_batch=1",
                                        # no forked loader workers: each would share (and touch) the ~17 GiB parent
                                        "trainer.data.num_workers=0",
                                        "trainer.resume=never"], out / "train.log", args.timeout)

@@ -3,7 +3,7 @@
     core  <-  model  <-  trainer            (the training program)
     core  <-  extractors                    (stages, found through config by the pipeline)
     core  <-  pipeline                      (the extraction program)
-    core, model, trainer, pipeline  <-  app (the web app and predict; nothing imports it)
+    core, model, trainer, pipeline, extractors  <-  app (the web app and predict; nothing imports it)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.modalities import NAMES
 
@@ -25,7 +26,9 @@ ALLOWED = {
     "extractors": {"core", "extractors"},
     "pipeline": {"core", "pipeline"},
     "trainer": {"core", "model", "trainer"},
-    "app": {"core", "model", "trainer", "pipeline", "app"},
+    # app runs the extractor stages in-process (predict): it reads extractors/weights.py's table
+    # of what they load, for the weights preflight
+    "app": {"core", "model", "trainer", "pipeline", "extractors", "app"},
 }
 
 
@@ -80,3 +83,19 @@ def test_the_modality_list_is_written_once():
     assert not found, f"modality lists outside core/modalities.py (read core.modalities instead): {found}"
     # the check sees a copy of the list when there is one
     assert _literal_lists_of_modalities('IMAGE = ("rgb", "depth", "flow")\nx = ["audio"]') == [1]
+
+
+def test_no_program_calls_a_private_method_of_the_model():
+    # the web app and predict once scored options through Crema._letter_scores / _option_scores:
+    # a refactor of the model would break them silently; they use Crema.choice_scores
+    from model.crema import Crema
+
+    private = {n for n in dir(Crema) if n.startswith("_") and not n.startswith("__")} - set(dir(torch.nn.Module))
+    calls = []
+    for package in ("app", "trainer", "scripts"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr in private and not (
+                        isinstance(node.value, ast.Name) and node.value.id == "self"):
+                    calls.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+    assert not calls, calls

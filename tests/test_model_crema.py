@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import ByT5Tokenizer
 
 from core.hub import ModelUnavailableError
@@ -275,3 +276,67 @@ def test_open_ended_decoding_follows_the_datasets_beams_and_length():
                                            "min_length": 1})
     assert seen[-1]["length_penalty"] == -1.0 and seen[-1]["num_beams"] == 2 and seen[-1]["max_new_tokens"] == 1
     assert all(len(model.tokenizer(p["text"], add_special_tokens=False).input_ids) <= 1 for p in short)
+
+
+class Float32Allocations(TorchDispatchMode):
+    """Counts the float32 elements every aten op creates while active (factories and results)."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and func._schema.name.startswith(("aten::empty", "aten::_to_copy")):
+                self.elements += t.numel()
+        return out
+
+
+def test_full_preset_builds_its_frozen_llm_in_bf16_and_keeps_the_trainable_parts_float32():
+    model = build("crema_full", device="meta", modalities=["rgb", "audio"])
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}  # CPU: auto is bf16
+    assert {p.dtype for p in model.trainable_state().values()} == {torch.float32}
+    assert {p.dtype for p in model.mmqa.qformer.parameters()} == {torch.float32}  # 0.1 B: kept exact
+
+
+def test_a_bf16_llm_is_built_without_a_float32_copy_and_trains_with_float32_grads():
+    # a mid-size T5 (~21 M parameters): a float32 copy of it would dwarf everything else built
+    t5 = {**preset("crema_tiny")["t5"], "d_model": 512, "d_ff": 2048, "num_layers": 2, "num_decoder_layers": 2,
+          "vocab_size": 4096}
+    with Float32Allocations() as seen:
+        model = tiny(t5=t5, frozen_dtype="bfloat16", choice_scoring="letter", loss="lm", modalities=["rgb", "depth"])
+    llm_elements = sum(p.numel() for p in model.llm.parameters())
+    others = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("llm."))
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
+    assert seen.elements < others + llm_elements // 4, (seen.elements, others, llm_elements)
+    model.train()
+    loss = model(fake_batch(mods=["rgb", "depth"]))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.trainable_state().values() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads[:4])
+    preds = model.eval().predict(fake_batch(mods=["rgb", "depth"]))
+    assert all(p["choice"] in (0, 1) for p in preds)
+
+
+def test_frozen_dtype_is_checked():
+    with pytest.raises(ValueError, match="model.frozen_dtype"):
+        CremaConfig(frozen_dtype="float16")
+
+
+@pytest.mark.parametrize("scoring", ["letter", "option_text"])
+def test_choice_scores_are_what_predict_ranks(scoring):
+    model = tiny(choice_scoring=scoring, loss="lm", modalities=["rgb", "depth"]).eval()
+    batch = fake_batch(mods=["rgb", "depth"], b=3)
+    batch["options"] = [("left", "right"), ("up", "down", "it does not move"), ()]
+    batch["num_options"] = torch.tensor([2, 3, 0])
+    scores = model.choice_scores(batch)
+    assert scores.shape == (3, 3)
+    assert torch.isinf(scores[0, 2]) and torch.isinf(scores[2]).all() and torch.isfinite(scores[1]).all()
+    mc = {**batch, "features": {m: f[:2] for m, f in batch["features"].items()}, "prompt": batch["prompt"][:2],
+          "options": batch["options"][:2], "num_options": batch["num_options"][:2],
+          "present": {m: p[:2] for m, p in batch["present"].items()}}  # no beam search for the open-ended row
+    assert [p["choice"] for p in model.predict(mc)] == scores[:2].argmax(-1).tolist()
+    alone = model.choice_scores(batch, modalities=["rgb"])
+    assert not torch.allclose(alone[:2, :2], scores[:2, :2])

@@ -169,3 +169,23 @@ def test_eval_of_a_full_size_checkpoint_without_weights_names_them(tmp_path, bar
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     assert "Salesforce/blip2-flan-t5-xl (eval model.blip2" in run.stderr and "google/flan-t5-xl" in run.stderr
+
+
+def test_predict_and_the_app_preflight_a_full_size_checkpoint_before_loading_it(machine):
+    """make predict and make app (Ask) load a checkpoint through Asker.load: the checkpoint's
+    frozen parts and its modalities' extractor models are looked up first, as train does."""
+    from app.backend import USER_ERRORS
+    from app.predict import Asker
+
+    ckpt = machine / "best-000001"
+    ckpt.mkdir()
+    model = {k: v for k, v in OmegaConf.to_container(model_config("full")).items() if not str(v).startswith("${")}
+    (ckpt / "state.json").write_text(json.dumps({"model_config": {**model, "modalities": ["rgb", "depth"]}, "prompt": {}}))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        features = compose(config_name="predict", overrides=["dataset=nextqa", "features=full"]).features
+    with pytest.raises(WeightsMissingError) as err:
+        Asker.load(ckpt, features, device="cpu")
+    text = str(err.value)
+    assert isinstance(err.value, USER_ERRORS)  # the app shows it as a one-line error, not a traceback
+    assert "Salesforce/blip2-flan-t5-xl (predict model.blip2" in text and "google/flan-t5-xl (predict" in text
+    assert "Intel/zoedepth-nyu-kitti (extract depth stage" in text and "unimatch" not in text  # its modalities only
