@@ -110,9 +110,9 @@ def _probe(store: str, run_dir: str, token: str, digest: str) -> tuple[str, list
 
 
 def run_training(cfg: DictConfig) -> None:
-    """The training entry of `make train` (scripts/train.py's `run`) in this worker: Ray Train
-    has formed the process group, which trainer/distributed.setup() joins."""
-    from scripts.train import run
+    """The training entry of `make train` (trainer/entry.py) in this worker: Ray Train has
+    formed the process group, which trainer/distributed.setup() joins."""
+    from trainer.entry import run
 
     run(cfg)
 
