@@ -40,7 +40,7 @@ TRAIN_WORKERS = 2
 # A few steps on the local run's store: its extraction overrides (the same features hash), rgb only.
 TRAIN_ARGS = [c for c in CONFIG if not c.startswith("store.")] + [
     "model.modalities=[rgb]", "trainer.epochs=1", "trainer.data.num_workers=0",
-    f"trainer.batch_size={8 // TRAIN_WORKERS}"]  # the tiny recipe's global batch of 8 over the ranks
+    f"trainer.batch_size={8 // TRAIN_WORKERS}", "trainer.global_batch=8"]  # the tiny recipe's global batch of 8 over the ranks
 FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "3000",
                    "RAY_health_check_failure_threshold": "4"}
 

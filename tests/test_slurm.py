@@ -93,7 +93,7 @@ def test_sbatch_trains_with_torchrun_on_the_extracted_store(extracted):
     run_dir = tmp / "run"
     env = {**os.environ, "CREMA_NPROC_PER_NODE": str(TRAIN_NPROC)}
     args = [f"dataset.root={tmp / 'demo'}", *EXTRACT_ARGS, "model.modalities=[rgb]", "trainer.epochs=1",
-            f"trainer.batch_size={8 // TRAIN_NPROC}",
+            f"trainer.batch_size={8 // TRAIN_NPROC}", "trainer.global_batch=8",
             "trainer.data.num_workers=0"]
     proc, _, log = sbatch(tmp, "slurm_train.sbatch", "demo", str(out), f"run_dir={run_dir}", *args, env=env)
     assert proc.returncode == 0, f"sbatch --wait: {proc.returncode}\n{proc.stderr[-2000:]}\n{log[-6000:]}"
