@@ -180,17 +180,13 @@ class Tracker:
         self.outputs = []
 
 
-def is_main_process() -> bool:
-    """Rank 0 (torchrun sets RANK for each process), or the only process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def build(logger: Any, wandb_cfg: WandbConfig, *, run_dir: Path, run_id: str, resume_step: int, config: dict,
-          is_main: bool | None = None) -> Tracker:
-    """The tracker of a run: `logger`'s backends on the main process, nothing elsewhere.
+          is_main: bool) -> Tracker:
+    """The tracker of a run: `logger`'s backends on the main process (`is_main`: the trainer's
+    rank 0, trainer/distributed.py), nothing elsewhere.
     `resume_step`: the optimizer step the run continues from (0 for a fresh run)."""
     names = backends(logger)
-    if not (is_main_process() if is_main is None else is_main):
+    if not is_main:
         return Tracker([])
     outputs: list[Backend] = []
     if "tensorboard" in names:
