@@ -41,6 +41,9 @@ def _user_error(exc: BaseException) -> Exception | None:
     return find_error(exc, StoreBusyError)
 
 
+_STARTED: list[bool] = []  # [True] once start_ray has started a local Ray (stop_ray stops only that one)
+
+
 def start_ray(ray_cfg: dict) -> None:
     """Join a cluster when one is named (``ray job submit`` sets RAY_ADDRESS), else start a local one."""
     address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
@@ -65,31 +68,25 @@ def start_ray(ray_cfg: dict) -> None:
                 # address in /tmp/ray (ray.init() would attach to that cluster instead)
                 ray.init(address="local", num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"),
                          include_dashboard=False, log_to_driver=True)
+                _STARTED[:] = [True]
                 break
             except Exception as exc:
                 if attempt == 2 or "timed out during startup" not in str(exc):
                     raise
                 log.warning("local Ray did not start in time (%s); retrying once", exc)
                 ray.shutdown()
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = bool(ray_cfg.get("progress_bars", False))
-    if not ctx.enable_progress_bars:
-        # Ray Data warns once per process that its bars are off, advising to turn them on; here
-        # they are off by the config (ray.progress_bars, our own shard bar shows the run), so
-        # that once is spent now. Its other warnings are untouched.
-        from ray.util.debug import log_once
-
-        log_once("ray_data_progress_manager_disabled")
-    ctx.print_on_execution_start = False
-    # A stage's own exception reaches the driver with its type (not wrapped in UserCodeException,
-    # whose cause Ray does not carry across processes): _user_error catches it by class.
-    ctx.raise_original_map_exception = True
-    # Payloads (dicts of arrays) travel as Ray Data's pickled-object column, by choice: saying so
-    # keeps Ray from warning about it once per actor.
-    ctx.enable_fallback_to_arrow_object_ext_type = True
     quiet_known_errors()
+
+
+def stop_ray() -> None:
+    """Stop the local Ray that start_ray started (a joined cluster, or a Ray the caller started, is
+    left alone). Called by the CLI when its work is done: Ray's own exit hook would do the same
+    but first sleeps 0.5 s for late log lines, which a finished run has no more of."""
+    if _STARTED:
+        import ray
+
+        ray.shutdown()
+        _STARTED.clear()
 
 
 def check_resources(features: dict, store_cfg: dict, have: dict, *, local: bool) -> None:
@@ -238,7 +235,7 @@ def _translated(rows):
 def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, store_cfg: dict, cfg, lease,
               totals: dict) -> None:
     """One Ray Data graph over ``jobs`` computing ``features`` (resolved) into the store."""
-    from pipeline.graph import DEFAULT_RETRIES, LOCAL_RETRIES, build_dataset
+    from pipeline.graph import DEFAULT_RETRIES, LOCAL_RETRIES, build_dataset, configure_data
 
     t_ray = time.time()
     start_ray(to_plain(cfg.ray))
@@ -251,7 +248,8 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     fused = None
     if plan == "fused":
-        fused = fit_fused(plan_cfg.get("fused") or {}, features, have, shards=len(jobs))
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        fused = fit_fused(plan_cfg.get("fused") or {}, features, have, shards=len(jobs), nodes=nodes)
         log.info("plan: fused (%s): %s", why, describe_fused(fused))
         if not fused["num_gpus"] and any(wants_gpu(n, r) for n, r in stage_nodes(features, store_cfg).items()):
             log.warning("no GPU in the Ray cluster: %s", CPU_ONLY_NOTE)
@@ -263,6 +261,7 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
             (log.warning if note.startswith("no GPU") else log.info)("%s", note)
         log.info("plan: stages (%s): %s", why, describe(features, store_cfg))
         check_resources(features, store_cfg, have, local=local)
+        configure_data(bool(cfg.ray.get("progress_bars", False)))
     totals["plan"] = plan
     restarts = LOCAL_RETRIES if local else DEFAULT_RETRIES
     left, t_pass = list(jobs), time.time()

@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import pickle
+import queue
 import shutil
 import time
 import traceback
@@ -521,14 +522,95 @@ class FusedStage:
         self.startup.done()
 
     def __call__(self, batch: dict) -> dict:
-        markers = []
-        for payload in _rows(batch):
-            self.writer.check_lease()  # a run that lost the store wastes no decoding on it
-            self.startup.attach(payload)
-            for stage in (self.decode, *self.stages):
-                payload = stage.timed(payload)
-            markers.append(self.writer.write(payload))
-        return {"marker": np.array(markers, dtype=object)}
+        return {"marker": np.array([self.shard(p) for p in _rows(batch)], dtype=object)}
+
+    def shard(self, payload: dict | bytes) -> str:
+        """One shard through decode -> every extractor -> the writer; its marker as JSON."""
+        if isinstance(payload, (bytes, bytearray)):
+            payload = pickle.loads(payload)
+        self.writer.check_lease()  # a run that lost the store wastes no decoding on it
+        self.startup.attach(payload)
+        for stage in (self.decode, *self.stages):
+            payload = stage.timed(payload)
+        return self.writer.write(payload)
+
+
+class FusedWorker:
+    """One fused plan actor holding ``copies`` FusedStage pipelines, one shard on each at a time.
+
+    Every copy has its own decode child and its own models, so no state is shared between the
+    shards that run side by side; what they share is the interpreter, whose imports (torch,
+    transformers' model modules, open3d: ~4-5 s of CPU each here) are paid once per actor instead
+    of once per pipeline. Ray runs the calls in the actor's threads (``max_concurrency=copies``);
+    the stages' work is in native code (torch, OpenCV, open3d, the codecs, the decode child) that
+    releases the GIL, so the copies use their CPUs side by side.
+    """
+
+    def __init__(self, copies: int, **kwargs):
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(max(1, int(copies))):
+            self.idle.put(FusedStage(**kwargs))
+
+    def shard(self, payload: bytes) -> str:
+        stage = self.idle.get()
+        try:
+            return stage.shard(payload)
+        finally:
+            self.idle.put(stage)
+
+
+class FusedPool:
+    """The fused plan on Ray core actors: the driver hands each actor its next shard as soon as it
+    returns one (one shard in flight per pipeline, so no shard waits behind another while a
+    pipeline is idle), and yields the markers as they come.
+
+    The graph is a single map, so Ray Data's streaming executor brings nothing it needs, and a cold
+    run pays for its helper actors (stats, actor locations, autoscaling: three more worker
+    processes) and its driver thread: ~3 s of CPU of a 30 s demo run on 2 cores
+    (docs/benchmarks.md, start-up). The actors are released when the pass ends or fails, so the
+    next pass (or a rerun of unfinished shards) places its own.
+    """
+
+    def __init__(self, items: list[bytes], kwargs: dict, res: dict, restarts: int):
+        self.items, self.kwargs, self.res = items, kwargs, res
+        pipelines = max(1, min(int(res.get("concurrency", 1)), len(items)))
+        copies = max(1, min(int(res.get("copies", 1) or 1), pipelines))
+        # pipelines per actor: `copies` each, the last one the rest (never more CPUs than fitted)
+        self.sizes = [copies] * (pipelines // copies) + ([pipelines % copies] if pipelines % copies else [])
+        self.restarts = restarts
+
+    def _actor(self, copies: int):
+        import ray
+
+        res = self.res
+        return ray.remote(FusedWorker).options(
+            num_cpus=float(res.get("num_cpus", 1)) * copies, num_gpus=float(res.get("num_gpus") or 0) * copies,
+            max_restarts=int(res.get("max_restarts", self.restarts)),
+            max_task_retries=int(res.get("max_task_retries", DEFAULT_TASK_RETRIES)), max_concurrency=copies,
+            # one actor per node before two on one: Ray Data's default for its pools too
+            scheduling_strategy="SPREAD").remote(copies, **self.kwargs)
+
+    def iter_rows(self):
+        """``{"marker": json}`` per shard, in the order they finish; a shard's error is raised here."""
+        import ray
+
+        actors = [(self._actor(n), n) for n in self.sizes]
+        todo, running = list(reversed(self.items)), {}
+        try:
+            for actor, n in actors:
+                for _ in range(n):
+                    if todo:
+                        running[actor.shard.remote(todo.pop())] = actor
+            while running:
+                [ref], _ = ray.wait(list(running), num_returns=1)
+                actor = running.pop(ref)
+                marker = ray.get(ref)
+                if todo:
+                    running[actor.shard.remote(todo.pop())] = actor
+                yield {"marker": marker}
+        finally:
+            for actor, _n in actors:  # at once: a failed pass's actors must not hold the CPUs of its rerun
+                ray.kill(actor, no_restart=True)
 
 
 def _resources(cfg: dict | None, restarts: int = DEFAULT_RETRIES) -> dict:
@@ -545,10 +627,34 @@ def _resources(cfg: dict | None, restarts: int = DEFAULT_RETRIES) -> dict:
     return out
 
 
+def configure_data(progress_bars: bool = False) -> None:
+    """Ray Data's settings for the stages plan's streaming graph (in the driver, before it is
+    built; the fused plan does not use Ray Data). ``progress_bars``: Ray Data's per-operator bars
+    (``ray.progress_bars``; our own shard bar always shows the run)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress_bars)
+    if not progress_bars:
+        # Ray Data warns once per process that its bars are off, advising to turn them on; here
+        # they are off by the config, so that once is spent now. Its other warnings are untouched.
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
+    ctx.print_on_execution_start = False
+    # A stage's own exception reaches the driver with its type (not wrapped in UserCodeException,
+    # whose cause Ray does not carry across processes): _user_error catches it by class.
+    ctx.raise_original_map_exception = True
+    # Payloads (dicts of arrays) travel as Ray Data's pickled-object column, by choice: saying so
+    # keeps Ray from warning about it once per actor.
+    ctx.enable_fallback_to_arrow_object_ext_type = True
+
+
 def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: dict, decode_resources: dict,
                   plan: str = "stages", fused: dict | None = None, token: str | None = None,
                   restarts: int = DEFAULT_RETRIES):
-    """The lazy Ray dataset for one pass (nothing runs until it is consumed).
+    """The graph of one pass, lazy (nothing runs until its ``iter_rows()`` is consumed): a Ray
+    dataset for the stages plan, a FusedPool for the fused plan.
 
     ``jobs``: (spec, entries, base shard dir or None, ids carried whole from the base);
     ``features``: the resolved config of the modalities this pass computes; ``hashes``: theirs;
@@ -556,12 +662,9 @@ def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: 
     ``token``: the store lease generation the writers check (None: unfenced); ``restarts``: the
     actors' max_restarts where a stage's resources do not say (LOCAL_RETRIES on a local Ray).
     """
-    import ray.data
-
     items = [{"shard_id": spec.shard_id,
               "payload": _dump(initial_payload(spec, entries, carry=carry, base=str(base) if base else None))}
              for spec, entries, base, carry in jobs]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     raw_maps = bool(store_cfg.get("raw_maps", False))
     drops = drop_plan(features["extractors"], raw_maps=raw_maps)
     pass_keys = [k for m in features["modalities"] for k in MODALITIES[m].store_keys]
@@ -571,10 +674,14 @@ def build_dataset(jobs, features: dict, *, root: Path, hashes: dict, store_cfg: 
     if plan == "fused":
         res = dict(fused or {})
         threads = max(1, int(float(res.get("num_cpus", 1))))
-        return _map(ds, FusedStage, {"decode_cfg": features["decode"], "extractors": features["extractors"],
-                                     "writer": writer, "drops": drops, "threads": threads}, res, restarts)
+        return FusedPool([item["payload"] for item in items],
+                         {"decode_cfg": features["decode"], "extractors": features["extractors"], "writer": writer,
+                          "drops": drops, "threads": threads}, res, restarts)
     if plan != "stages":
         raise ValueError(f"unknown plan {plan!r}: stages | fused")
+    import ray.data
+
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = _map(ds, DecodeStage, {"decode_cfg": features["decode"], "later_reads": drops["decode"]}, decode_resources,
               restarts)
     for name, ext in features["extractors"].items():

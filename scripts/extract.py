@@ -20,7 +20,7 @@ from core.store import StoreError
 from core.weights import WeightsMissingError, make_hint, preflight
 from extractors.weights import features_weights
 from pipeline.errors import EXIT_FAILURES, EXIT_STORAGE, EXIT_USER, StorageError
-from pipeline.extract import ExtractError, run_extract
+from pipeline.extract import ExtractError, run_extract, stop_ray
 
 
 def _fail(message: str, code: int) -> None:
@@ -35,7 +35,10 @@ def main(cfg: DictConfig) -> None:
         random_weights.apply(cfg)  # weights=random: full-size random models (before anything is built)
         # every missing model at once, in seconds, before the store is touched or Ray starts
         preflight(features_weights(resolve_features(cfg.features)), make_hint=make_hint())
-        report = run_extract(cfg)
+        try:
+            report = run_extract(cfg)
+        finally:
+            stop_ray()
     except WeightsMissingError as exc:  # a list of commands: kept on its lines
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER)

@@ -52,10 +52,14 @@ def test_a_sandbox_child_started_ahead_has_its_decoder_imported_before_the_first
         cold.close()
 
 
+def _driver_modules(importtime_stderr: str) -> set[str]:
+    """The modules the driver imported, from `python -X importtime`'s lines."""
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", importtime_stderr, flags=re.M))
+
+
 def _driver_imports(importtime_stderr: str) -> set[str]:
-    """Top-level packages the driver imported, from `python -X importtime`'s lines."""
-    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", importtime_stderr, flags=re.M)
-    return {n.split(".")[0] for n in names}
+    """Top-level packages the driver imported."""
+    return {n.split(".")[0] for n in _driver_modules(importtime_stderr)}
 
 
 @pytest.mark.slow
@@ -70,10 +74,15 @@ def test_a_cold_local_extract_prints_no_ray_warning_and_reports_its_start_up(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ray_alerts(proc.stdout + proc.stderr) == []
     assert not _driver_imports(proc.stderr) & set(NOT_IN_DRIVER)
+    # the fused plan runs on Ray core actors: Ray Data (its import, helper actors, executor thread) is not started
+    assert "ray.data" not in _driver_modules(proc.stderr)
     run = json.loads((tmp_path / "features" / "demo" / "report.json").read_text())["run"]
     assert {"process_to_run", "prepare", "ray_init", "to_first_shard"} <= set(run["phases_s"])
     assert run["phases_s"]["ray_init"] > 0
     actors = run["actor_startup"]
     assert actors and {a["stage"] for a in actors} == {"fused"}
+    # two pipelines (2 CPUs, 2 shards) in one actor: one process, whose imports the second one does not repeat
+    assert len(actors) == 2 and len({a["pid"] for a in actors}) == 1
+    assert sorted(a["torch_s"] for a in actors)[0] < 0.05 < sorted(a["torch_s"] for a in actors)[1]
     assert all(a["process_s"] > 0 and a["init_s"] >= a["build_s"] > 0 for a in actors)
 
