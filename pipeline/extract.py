@@ -248,8 +248,7 @@ def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, sto
     local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     fused = None
     if plan == "fused":
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        fused = fit_fused(plan_cfg.get("fused") or {}, features, have, shards=len(jobs), nodes=nodes)
+        fused = fit_fused(plan_cfg.get("fused") or {}, features, have, shards=len(jobs))
         log.info("plan: fused (%s): %s", why, describe_fused(fused))
         if not fused["num_gpus"] and any(wants_gpu(n, r) for n, r in stage_nodes(features, store_cfg).items()):
             log.warning("no GPU in the Ray cluster: %s", CPU_ONLY_NOTE)

@@ -25,7 +25,6 @@ import errno
 import json
 import os
 import pickle
-import queue
 import shutil
 import time
 import traceback
@@ -521,9 +520,6 @@ class FusedStage:
         self.writer = ShardWriterStage(**writer)
         self.startup.done()
 
-    def __call__(self, batch: dict) -> dict:
-        return {"marker": np.array([self.shard(p) for p in _rows(batch)], dtype=object)}
-
     def shard(self, payload: dict | bytes) -> str:
         """One shard through decode -> every extractor -> the writer; its marker as JSON."""
         if isinstance(payload, (bytes, bytearray)):
@@ -535,72 +531,45 @@ class FusedStage:
         return self.writer.write(payload)
 
 
-class FusedWorker:
-    """One fused plan actor holding ``copies`` FusedStage pipelines, one shard on each at a time.
-
-    Every copy has its own decode child and its own models, so no state is shared between the
-    shards that run side by side; what they share is the interpreter, whose imports (torch,
-    transformers' model modules, open3d: ~4-5 s of CPU each here) are paid once per actor instead
-    of once per pipeline. Ray runs the calls in the actor's threads (``max_concurrency=copies``);
-    the stages' work is in native code (torch, OpenCV, open3d, the codecs, the decode child) that
-    releases the GIL, so the copies use their CPUs side by side.
-    """
-
-    def __init__(self, copies: int, **kwargs):
-        self.idle: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(max(1, int(copies))):
-            self.idle.put(FusedStage(**kwargs))
-
-    def shard(self, payload: bytes) -> str:
-        stage = self.idle.get()
-        try:
-            return stage.shard(payload)
-        finally:
-            self.idle.put(stage)
-
-
 class FusedPool:
     """The fused plan on Ray core actors: the driver hands each actor its next shard as soon as it
-    returns one (one shard in flight per pipeline, so no shard waits behind another while a
-    pipeline is idle), and yields the markers as they come.
+    returns one (one shard in flight per actor, so no shard waits behind another while an actor
+    is idle), and yields the markers as they come.
 
     The graph is a single map, so Ray Data's streaming executor brings nothing it needs, and a cold
-    run pays for its helper actors (stats, actor locations, autoscaling: three more worker
-    processes) and its driver thread: ~3 s of CPU of a 30 s demo run on 2 cores
-    (docs/benchmarks.md, start-up). The actors are released when the pass ends or fails, so the
-    next pass (or a rerun of unfinished shards) places its own.
+    run paid for its helper actors (stats, actor locations, autoscaling: three more worker
+    processes, ~3 s of CPU of a 30 s demo run on 2 cores) and its driver thread
+    (docs/benchmarks.md, start-up). One process per actor: two pipelines as threads of one actor
+    paid the imports once but lost more to the GIL (measured in docs/benchmarks.md). The actors
+    are released when the pass ends or fails, so the next pass (or a rerun of unfinished shards)
+    places its own.
     """
 
     def __init__(self, items: list[bytes], kwargs: dict, res: dict, restarts: int):
-        self.items, self.kwargs, self.res = items, kwargs, res
-        pipelines = max(1, min(int(res.get("concurrency", 1)), len(items)))
-        copies = max(1, min(int(res.get("copies", 1) or 1), pipelines))
-        # pipelines per actor: `copies` each, the last one the rest (never more CPUs than fitted)
-        self.sizes = [copies] * (pipelines // copies) + ([pipelines % copies] if pipelines % copies else [])
-        self.restarts = restarts
+        self.items, self.kwargs, self.res, self.restarts = items, kwargs, res, restarts
+        self.actors = max(1, min(int(res.get("concurrency", 1)), len(items)))
 
-    def _actor(self, copies: int):
+    def _actor(self):
         import ray
 
         res = self.res
-        return ray.remote(FusedWorker).options(
-            num_cpus=float(res.get("num_cpus", 1)) * copies, num_gpus=float(res.get("num_gpus") or 0) * copies,
+        return ray.remote(FusedStage).options(
+            num_cpus=float(res.get("num_cpus", 1)), num_gpus=float(res.get("num_gpus") or 0),
             max_restarts=int(res.get("max_restarts", self.restarts)),
-            max_task_retries=int(res.get("max_task_retries", DEFAULT_TASK_RETRIES)), max_concurrency=copies,
+            max_task_retries=int(res.get("max_task_retries", DEFAULT_TASK_RETRIES)),
             # one actor per node before two on one: Ray Data's default for its pools too
-            scheduling_strategy="SPREAD").remote(copies, **self.kwargs)
+            scheduling_strategy="SPREAD").remote(**self.kwargs)
 
     def iter_rows(self):
         """``{"marker": json}`` per shard, in the order they finish; a shard's error is raised here."""
         import ray
 
-        actors = [(self._actor(n), n) for n in self.sizes]
+        actors = [self._actor() for _ in range(self.actors)]
         todo, running = list(reversed(self.items)), {}
         try:
-            for actor, n in actors:
-                for _ in range(n):
-                    if todo:
-                        running[actor.shard.remote(todo.pop())] = actor
+            for actor in actors:
+                if todo:
+                    running[actor.shard.remote(todo.pop())] = actor
             while running:
                 [ref], _ = ray.wait(list(running), num_returns=1)
                 actor = running.pop(ref)
@@ -609,7 +578,7 @@ class FusedPool:
                     running[actor.shard.remote(todo.pop())] = actor
                 yield {"marker": marker}
         finally:
-            for actor, _n in actors:  # at once: a failed pass's actors must not hold the CPUs of its rerun
+            for actor in actors:  # at once: a failed pass's actors must not hold the CPUs of its rerun
                 ray.kill(actor, no_restart=True)
 
 

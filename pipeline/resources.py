@@ -211,14 +211,9 @@ def choose_plan(mode: str, features: dict, store_cfg: dict, have: dict) -> tuple
     return "stages", f"{cpus:g} CPUs and {gpus:g} GPUs place every stage pool ({need:g} CPUs at one or more each)"
 
 
-def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int, nodes: int = 1) -> dict:
-    """The fused pipelines' resources (num_cpus, num_gpus, concurrency: how many pipelines; numbers
-    win over auto) for a cluster of ``nodes`` nodes with ``have`` and a pass of ``shards`` shards
-    (never more pipelines than shards), and ``copies``: pipelines per actor.
-
-    ``copies`` auto: all of them in one actor on a one-node Ray without GPUs (a laptop, a CI
-    runner), so their imports are paid once (pipeline.graph.FusedWorker); one per actor otherwise,
-    where actors spread over nodes or each holds its own GPU share."""
+def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int) -> dict:
+    """The fused actors' resources (num_cpus, num_gpus, concurrency; numbers win over auto) for a
+    cluster with ``have`` and a pass of ``shards`` shards (never more actors than shards)."""
     res = {k: plan_cfg.get(k, AUTO) for k in KEYS}
     cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
     if _is_auto(res["num_gpus"]):  # a GPU where some stage would use one
@@ -236,8 +231,6 @@ def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int, nodes: in
         # one CPU per actor without a GPU (more actors instead); with one, the CPUs split between them
         res["num_cpus"] = _floor(cpus / n) if cpus < n else (int(cpus // n) if use_gpu else 1)
     res["num_gpus"], res["num_cpus"] = float(res["num_gpus"] or 0), float(res["num_cpus"])
-    copies = plan_cfg.get("copies", AUTO)
-    res["copies"] = (n if nodes <= 1 and not res["num_gpus"] else 1) if _is_auto(copies) else max(1, min(int(copies), n))
     _warn_stage_gpus_unused(features, res)
     return {**res, **{k: plan_cfg[k] for k in ("max_restarts", "max_task_retries") if plan_cfg.get(k) is not None}}
 
@@ -262,10 +255,7 @@ def _warn_stage_gpus_unused(features: dict, fused: dict) -> None:
 
 def describe_fused(res: dict) -> str:
     gpu = float(res.get("num_gpus") or 0)
-    copies = int(res.get("copies", 1) or 1)
-    actors = -(-int(res["concurrency"]) // copies)
-    return (f"fused {res['concurrency']}x{float(res['num_cpus']):g}" + (f"+{gpu:g}GPU" if gpu else "")
-            + (f" in {actors} actor{'s' if actors > 1 else ''}" if copies > 1 else ""))
+    return f"fused {res['concurrency']}x{float(res['num_cpus']):g}" + (f"+{gpu:g}GPU" if gpu else "")
 
 
 PLAN_FILE = "plan.json"

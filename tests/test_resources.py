@@ -108,26 +108,6 @@ def test_the_tiny_preset_on_two_cores_is_fused_with_one_actor_per_core():
     assert fit_fused(plan_cfg["fused"], features, {"CPU": 0.5}, shards=4)["num_cpus"] == 0.5
 
 
-def test_a_one_node_cpu_run_holds_its_fused_pipelines_in_one_actor():
-    """The imports (torch, transformers, open3d) are paid once per actor: on one node without GPUs
-    every pipeline shares one actor; across nodes, or with GPUs, each pipeline has its own."""
-    from pipeline.graph import FusedPool
-    from pipeline.resources import describe_fused
-
-    features, _store, plan_cfg = tiny()
-    res = fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=17)
-    assert res["copies"] == 2 and describe_fused(res) == "fused 2x1 in 1 actor"
-    assert FusedPool([b""] * 17, {}, res, restarts=0).sizes == [2]
-    assert FusedPool([b""], {}, res, restarts=0).sizes == [1]  # one shard: one pipeline
-    assert fit_fused(plan_cfg["fused"], features, {"CPU": 4.0}, shards=17, nodes=2)["copies"] == 1
-    assert fit_fused({**plan_cfg["fused"], "copies": 1}, features, {"CPU": 2.0}, shards=17)["copies"] == 1
-    # 3 pipelines 2 to an actor: 2 + 1, never a fourth pipeline's CPU
-    three = fit_fused({**plan_cfg["fused"], "copies": 2}, features, {"CPU": 3.0}, shards=17)
-    assert FusedPool([b""] * 17, {}, three, restarts=0).sizes == [2, 1]
-    gpu, _store = full("features.modalities=[rgb,depth]")
-    assert fit_fused({"actors_per_gpu": 2}, gpu, {"CPU": 16.0, "GPU": 1.0}, shards=100)["copies"] == 1
-
-
 def test_fused_actors_share_one_gpu_and_split_the_cpus():
     features, _store = full("features.modalities=[rgb,depth,flow,audio]")
     res = fit_fused({"actors_per_gpu": 2}, features, {"CPU": 16.0, "GPU": 1.0}, shards=100)

@@ -81,8 +81,5 @@ def test_a_cold_local_extract_prints_no_ray_warning_and_reports_its_start_up(tmp
     assert run["phases_s"]["ray_init"] > 0
     actors = run["actor_startup"]
     assert actors and {a["stage"] for a in actors} == {"fused"}
-    # two pipelines (2 CPUs, 2 shards) in one actor: one process, whose imports the second one does not repeat
-    assert len(actors) == 2 and len({a["pid"] for a in actors}) == 1
-    assert sorted(a["torch_s"] for a in actors)[0] < 0.05 < sorted(a["torch_s"] for a in actors)[1]
     assert all(a["process_s"] > 0 and a["init_s"] >= a["build_s"] > 0 for a in actors)
 
