@@ -55,3 +55,24 @@ def test_xdist_groups_by_file_or_test(nodeid, group):
     from conftest import xdist_group
 
     assert xdist_group(nodeid) == group
+
+
+def test_a_file_is_one_unit_of_work_unless_a_group_takes_its_tests():
+    """A module fixture is built once: xdist hands a whole file to one worker."""
+    from conftest import work_unit
+
+    assert work_unit("tests/test_train_ddp.py::test_a_killed_two_rank_run_resumes_exactly") == "tests/test_train_ddp.py"
+    assert work_unit("tests/test_train_ddp.py::test_each_step_reads[2]") == "tests/test_train_ddp.py"
+    assert work_unit("tests/test_extract_e2e.py::test_kill_9_then_rerun_equals_uninterrupted_run") == "own_ray"
+    assert work_unit("tests/test_extract_e2e.py::test_too_many_failures_exit_nonzero") == "tests/test_extract_e2e.py"
+
+
+def test_groups_then_slow_files_then_quick_files_each_file_together():
+    from conftest import longest_first
+
+    tests = [("tests/test_a.py::test_quick", False), ("tests/test_b.py::test_unit", False),
+             ("tests/test_b.py::test_e2e", True), ("tests/test_predict.py::test_x", True),
+             ("tests/test_a.py::test_quick2", False), ("tests/test_b.py::test_unit2", False)]
+    order = [tests[i][0] for i in longest_first(tests)]
+    assert order == ["tests/test_predict.py::test_x", "tests/test_b.py::test_unit", "tests/test_b.py::test_e2e",
+                     "tests/test_b.py::test_unit2", "tests/test_a.py::test_quick", "tests/test_a.py::test_quick2"]
