@@ -76,3 +76,20 @@ def test_groups_then_slow_files_then_quick_files_each_file_together():
     order = [tests[i][0] for i in longest_first(tests)]
     assert order == ["tests/test_predict.py::test_x", "tests/test_b.py::test_unit", "tests/test_b.py::test_e2e",
                      "tests/test_b.py::test_unit2", "tests/test_a.py::test_quick", "tests/test_a.py::test_quick2"]
+
+
+def test_a_clusters_ports_are_outside_the_ephemeral_range_and_never_repeat(tmp_path):
+    """Ray binds a cluster's ports seconds after they are picked: ports from the ephemeral range
+    (any outgoing connection may take one meanwhile) made a head fail to start under load."""
+    from cluster import LocalCluster
+
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    seen: list[int] = []
+    for nodes in ({"head": 2}, {"head": 4, "w1": 4}):
+        cluster = LocalCluster(num_cpus=nodes, base=tmp_path)
+        fixed = [cluster.gcs_port, cluster.dashboard_port, cluster.client_port]
+        for node in cluster.nodes.values():
+            fixed += [v for k, v in node.ports.items() if not k.endswith("_worker")]
+            seen += range(node.ports["min_worker"], node.ports["max_worker"] + 1)
+        seen += fixed
+    assert max(seen) < ephemeral and len(seen) == len(set(seen))
