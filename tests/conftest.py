@@ -6,6 +6,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; tiny presets need none
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch/OpenMP thread in every process the suite starts (pytest's workers, the CLIs, their Ray
+# drivers; Ray's workers already get 1). Two pytest workers on 2 cores each with a 2-thread pool
+# spin-wait on each other: tests/test_model_crema.py + test_train_recipe.py took 71.6 s of CPU
+# (151 s wall) with 2 threads, 26.5 s (46 s) with 1, with a cluster test running beside them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
