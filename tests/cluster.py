@@ -52,29 +52,18 @@ def _term_with_parent() -> None:
         pass
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free on 127.0.0.1 now (held together while picking, so all differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-_WORKER_BLOCKS: set[int] = set()  # worker ports handed to clusters started by this process
+_BLOCKS: set[int] = set()  # ports handed to clusters started by this process (fixed and worker ports)
 
 
 def free_port_range(width: int, avoid: set[int], lo: int = 30000, hi: int = 32700) -> tuple[int, int]:
-    """A block of `width` consecutive ports that are all free now and hold none of `avoid` (for
-    Ray's worker processes; `ray start` refuses a node whose fixed ports fall inside its worker range).
+    """A block of `width` consecutive ports that are all free now and hold none of `avoid` (a
+    cluster's fixed ports; a node's worker ports: `ray start` refuses a node whose fixed ports fall
+    inside its worker range).
 
-    Below Linux's ephemeral range (32768+), where `free_ports` and every outgoing connection get
-    their ports, so no other component or connection lands in the block later either; above
+    Ray binds them seconds later (much later on a loaded machine), so they must be ports that
+    nothing else can be handed meanwhile: below Linux's ephemeral range (32768+), where every
+    outgoing connection and every bind to port 0 gets its port (a free port picked there was
+    taken by such a connection before the head bound it, and the cluster failed); above
     20000-29999, where scripts/slurm_extract.sbatch puts a job's Ray (tests/test_slurm.py), and
     Ray's default worker ports (10002-19999) of the CLIs that start a local Ray of their own.
     """
@@ -88,7 +77,7 @@ def free_port_range(width: int, avoid: set[int], lo: int = 30000, hi: int = 3270
         for port in range(start, start + width) if ok else ():
             with socket.socket() as s:
                 try:
-                    s.bind((HOST, port))
+                    s.bind(("", port))  # every address: the GCS listens on the machine's own, not 127.0.0.1
                 except OSError:
                     ok = False
                     break
@@ -100,7 +89,7 @@ def free_port_range(width: int, avoid: set[int], lo: int = 30000, hi: int = 3270
 def _this_workers_share(lo: int, hi: int) -> tuple[int, int]:
     """The part of [lo, hi) that this pytest-xdist worker owns (all of it without xdist).
 
-    Each worker remembers only its own blocks (_WORKER_BLOCKS is per process) and Ray binds a
+    Each worker remembers only its own blocks (_BLOCKS is per process) and Ray binds a
     worker's port only when that worker starts, long after the block was checked free: two
     workers' clusters must never be able to pick overlapping blocks.
     """
@@ -135,19 +124,23 @@ class LocalCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def __post_init__(self):
-        # one call for every fixed port so that none repeats; worker ports get a block per node
+        # one block for every fixed port, then a block of worker ports per node: none repeats
         names = list(self.num_cpus)
         per_node = ["node_manager", "object_manager", "agent_listen", "agent_grpc", "runtime_env_agent", "metrics"]
-        ports = free_ports(3 + len(per_node) * len(names))
+        first, last = self._block(3 + len(per_node) * len(names))
+        ports = list(range(first, last + 1))
         self.gcs_port, self.dashboard_port, self.client_port = ports[:3]
-        taken = set(ports) | _WORKER_BLOCKS  # nor the blocks of this process's other clusters (the session's Ray)
         for i, name in enumerate(names):
             mine = dict(zip(per_node, ports[3 + i * len(per_node):3 + (i + 1) * len(per_node)]))
-            mine["min_worker"], mine["max_worker"] = free_port_range(100, taken)
-            block = range(mine["min_worker"], mine["max_worker"] + 1)
-            taken.update(block)  # the nodes' blocks differ too
-            _WORKER_BLOCKS.update(block)
+            mine["min_worker"], mine["max_worker"] = self._block(100)
             self.nodes[name] = Node(name, self.base / name[:2], self.num_cpus[name], mine)
+
+    @staticmethod
+    def _block(width: int) -> tuple[int, int]:
+        """A block of free ports that no cluster of this process holds yet (the session's Ray's either)."""
+        first, last = free_port_range(width, _BLOCKS)
+        _BLOCKS.update(range(first, last + 1))
+        return first, last
 
     # ------------------------------------------------------------------ addresses
     @property

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cluster import LocalCluster
+from faults import SLOW_DECODE_ENV
 from core.store import MARKER, collect_markers, read_store_meta, registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env[SLOW_DECODE_ENV] = "0"  # the same config (slow_decode), without its wait: nothing is killed here
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/extract.py"), "dataset=demo", f"dataset.root={data}",
                            f"out={out}", "ray.num_cpus=2", *CONFIG],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,9 +61,23 @@ def broken(tmp_path_factory):
     return listing
 
 
-def test_bad_inputs_are_recorded_and_the_run_completes(broken, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def bad_run(broken, tmp_path_factory):
+    """ONE extraction of the bad inputs (the tests that read it work on copies): (its CLI run, out)."""
+    out = tmp_path_factory.mktemp("bad") / "out"
     proc = run_extract("dataset=videos", f"dataset.path={broken}", f"out={out}", "store.shard_size=3")
+    return proc, out
+
+
+def copy_of(out: Path, tmp_path: Path) -> Path:
+    """A test's own copy of a module's store folder, to run the CLI on again."""
+    shutil.copytree(out, tmp_path / out.name)
+    return tmp_path / out.name
+
+
+def test_bad_inputs_are_recorded_and_the_run_completes(bad_run, broken, tmp_path):
+    proc, out = bad_run
+    out = copy_of(out, tmp_path)
     root = out / "videos"
     report = json.loads((root / "report.json").read_text())
     assert report["videos_total"] == 8
@@ -99,10 +114,13 @@ def test_bad_inputs_are_recorded_and_the_run_completes(broken, tmp_path):
     assert store_snapshot(root) == before
 
 
-def test_too_many_failures_exit_nonzero(broken, tmp_path):
-    proc = run_extract("dataset=videos", f"dataset.path={broken}", f"out={tmp_path / 'o'}", "max_failed_fraction=0.25",
-                       check=False)
+def test_too_many_failures_exit_nonzero(bad_run, broken, tmp_path):
+    """The verdict is on the store's failures (4 of 8), whether this run or an earlier one met them."""
+    out = copy_of(bad_run[1], tmp_path)
+    proc = run_extract("dataset=videos", f"dataset.path={broken}", f"out={out}", "store.shard_size=3",
+                       "max_failed_fraction=0.25", check=False)
     assert proc.returncode == 1 and "max_failed_fraction=0.25" in proc.stderr
+    assert "4/8 videos failed" in proc.stderr
 
 
 def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
@@ -142,14 +160,28 @@ def chunk_files(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != MARKER}
 
 
-def test_store_from_another_config_is_refused(tmp_path):
+@pytest.fixture(scope="module")
+def rgb3(tmp_path_factory) -> list[str]:
+    """ONE extraction of 3 demo videos, rgb, a shard per video (the tests work on copies): the
+    overrides that made it, out= last."""
+    tmp = tmp_path_factory.mktemp("rgb3")
+    data = [f"dataset.root={tmp / 'demo'}", "dataset.num_videos=3", "features.modalities=[rgb]", "store.shard_size=1"]
+    run_extract(*data, f"out={tmp / 'o'}")
+    return [*data, f"out={tmp / 'o'}"]
+
+
+def own_copy(rgb3: list[str], tmp_path: Path) -> list[str]:
+    """The overrides of `rgb3` with out= a copy of its store in tmp_path/o."""
+    copy_of(Path(rgb3[-1].removeprefix("out=")), tmp_path)
+    return [*rgb3[:-1], f"out={tmp_path / 'o'}"]
+
+
+def test_store_from_another_config_is_refused(rgb3, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from core.features import modality_hashes
 
-    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
-            "features.modalities=[rgb]"]
-    run_extract(*data)
+    data = own_copy(rgb3, tmp_path)
     root = tmp_path / "o" / "demo"
     changed = "features.extractors.encoder.seed=1"  # another rgb encoder (its random weights)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -196,12 +228,10 @@ def test_unavailable_weights_inside_a_ray_actor_stop_the_run_with_the_download_c
         assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
 
 
-def test_a_corrupt_shard_is_found_and_extracted_again(tmp_path):
+def test_a_corrupt_shard_is_found_and_extracted_again(rgb3, tmp_path):
     from test_store import _flip_a_byte
 
-    data = [f"dataset.root={tmp_path / 'demo'}", "dataset.num_videos=3", f"out={tmp_path / 'o'}",
-            "features.modalities=[rgb]", "store.shard_size=1"]
-    run_extract(*data)
+    data = own_copy(rgb3, tmp_path)
     root = tmp_path / "o" / "demo"
     clean = store_snapshot(root)
     _flip_a_byte(root / "val" / "val-00000.zarr", "rgb")

@@ -55,3 +55,30 @@ def test_xdist_groups_by_file_or_test(nodeid, group):
     from conftest import xdist_group
 
     assert xdist_group(nodeid) == group
+
+
+def test_a_file_is_one_unit_of_work_unless_a_group_takes_its_tests():
+    """A module fixture is built once: xdist hands a whole file to one worker."""
+    from conftest import work_unit
+
+    assert work_unit("tests/test_train_ddp.py::test_a_killed_two_rank_run_resumes_exactly") == "tests/test_train_ddp.py"
+    assert work_unit("tests/test_train_ddp.py::test_each_step_reads[2]") == "tests/test_train_ddp.py"
+    assert work_unit("tests/test_extract_e2e.py::test_kill_9_then_rerun_equals_uninterrupted_run") == "own_ray"
+    assert work_unit("tests/test_extract_e2e.py::test_too_many_failures_exit_nonzero") == "tests/test_extract_e2e.py"
+
+
+def test_a_clusters_ports_are_outside_the_ephemeral_range_and_never_repeat(tmp_path):
+    """Ray binds a cluster's ports seconds after they are picked: ports from the ephemeral range
+    (any outgoing connection may take one meanwhile) made a head fail to start under load."""
+    from cluster import LocalCluster
+
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    seen: list[int] = []
+    for nodes in ({"head": 2}, {"head": 4, "w1": 4}):
+        cluster = LocalCluster(num_cpus=nodes, base=tmp_path)
+        fixed = [cluster.gcs_port, cluster.dashboard_port, cluster.client_port]
+        for node in cluster.nodes.values():
+            fixed += [v for k, v in node.ports.items() if not k.endswith("_worker")]
+            seen += range(node.ports["min_worker"], node.ports["max_worker"] + 1)
+        seen += fixed
+    assert max(seen) < ephemeral and len(seen) == len(set(seen))
