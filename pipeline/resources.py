@@ -30,6 +30,11 @@ import math
 log = logging.getLogger("crema.resources")
 
 AUTO = "auto"
+# The fewest shards an automatic fused actor is started for: each one imports torch and
+# transformers and builds its models first (~4.5 s of CPU for the tiny preset on a 2-core machine,
+# docs/benchmarks.md), more than a short shard's work, so a second actor for a single extra shard
+# costs CPU without shortening the run.
+SHARDS_PER_ACTOR = 2
 KEYS = ("num_cpus", "num_gpus", "concurrency")
 # What running the full preset without a GPU costs (docs/benchmarks.md, 2-core CPU): UniMatch
 # alone takes ~10 s per frame pair at 640x360.
@@ -213,7 +218,8 @@ def choose_plan(mode: str, features: dict, store_cfg: dict, have: dict) -> tuple
 
 def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int) -> dict:
     """The fused actors' resources (num_cpus, num_gpus, concurrency; numbers win over auto) for a
-    cluster with ``have`` and a pass of ``shards`` shards (never more actors than shards)."""
+    cluster with ``have`` and a pass of ``shards`` shards (an automatic actor gets at least
+    SHARDS_PER_ACTOR of them)."""
     res = {k: plan_cfg.get(k, AUTO) for k in KEYS}
     cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
     if _is_auto(res["num_gpus"]):  # a GPU where some stage would use one
@@ -223,7 +229,9 @@ def fit_fused(plan_cfg: dict, features: dict, have: dict, shards: int) -> dict:
     if _is_auto(res["concurrency"]):
         per_gpu = max(1, int(plan_cfg.get("actors_per_gpu", 2) or 1))
         n = int(gpus * per_gpu) if use_gpu else int(cpus // max(_num(res["num_cpus"], 1.0), 0.01))
-        res["concurrency"] = max(1, min(n, shards))
+        # at least SHARDS_PER_ACTOR shards per actor: an actor's start (its imports and models) costs
+        # more than the parallelism it adds to a lone shard
+        res["concurrency"] = max(1, min(n, shards // SHARDS_PER_ACTOR))
     n = int(res["concurrency"])
     if _is_auto(res["num_gpus"]):
         res["num_gpus"] = (1 if gpus / n >= 1 else _floor(gpus / n)) if use_gpu else 0

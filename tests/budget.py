@@ -59,13 +59,34 @@ def _over_budget(session: pytest.Session) -> bool:
     return True
 
 
+_LAST = pytest.StashKey[dict]()
+
+
+def pytest_runtest_logreport(report) -> None:
+    """When each xdist worker last reported (seconds into the run): the verdict line shows how
+    long the first worker to run out of work waited for the other one."""
+    node = getattr(report, "node", None)
+    config = getattr(node, "config", None)
+    t0 = config.stash.get(_START, None) if config is not None else None
+    if t0 is not None:
+        config.stash.setdefault(_LAST, {})[node.gateway.id] = time.monotonic() - t0
+
+
+def workers_done(config: pytest.Config) -> str:
+    """`gw0 580 s, gw1 610 s`: when each worker finished its last test ('' without xdist)."""
+    last = config.stash.get(_LAST, {})
+    return ", ".join(f"{w} {t:.0f} s" for w, t in sorted(last.items()))
+
+
 def verdict(config: pytest.Config) -> str | None:
     """The summary's verdict line: the wall against the budget, and what to do when it is over."""
     budget, wall = limit(config), config.stash.get(_WALL, None)
     if not budget or wall is None:
         return None
+    done = workers_done(config)
+    done = f"; workers done at {done}" if done else ""
     if wall <= budget:
-        return f"suite budget: {wall:.0f} s of {budget:.0f} s ({100 * wall / budget:.0f}%): ok"
+        return f"suite budget: {wall:.0f} s of {budget:.0f} s ({100 * wall / budget:.0f}%): ok{done}"
     return (f"error: SUITE OVER BUDGET: {wall:.0f} s > {budget:.0f} s (suite_budget_s; an idle 2-core machine). "
             "Make the slowest tests above cheaper (share a fixture, smaller data) or raise TEST_BUDGET_S in the "
             "Makefile and say why; on a busy machine run `make test TEST_BUDGET_S=0`.")

@@ -15,7 +15,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 # The suite's wall-time budget (tests/budget.py): its hooks, found here by name.
-from budget import pytest_addoption, pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary  # noqa: E402,F401
+from budget import (pytest_addoption, pytest_runtest_logreport, pytest_sessionfinish,  # noqa: E402,F401
+                    pytest_sessionstart, pytest_terminal_summary)
 
 # The slow end-to-end tests run their CLIs against ONE Ray started for the whole session (a real
 # `ray start --head`, tests/cluster.py) instead of each CLI starting a local Ray of its own (~10 s

@@ -104,6 +104,10 @@ def test_the_tiny_preset_on_two_cores_is_fused_with_one_actor_per_core():
     res = fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=17)
     assert (res["concurrency"], res["num_cpus"], res["num_gpus"]) == (2, 1.0, 0.0)
     assert fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=1)["concurrency"] == 1  # never idle actors
+    # a second actor only for a second pair of shards: its start costs more than one short shard's work
+    assert fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=3)["concurrency"] == 1
+    assert fit_fused(plan_cfg["fused"], features, {"CPU": 2.0}, shards=4)["concurrency"] == 2
+    assert fit_fused({**plan_cfg["fused"], "concurrency": 2}, features, {"CPU": 2.0}, shards=2)["concurrency"] == 2
     # fewer CPUs than one: the one actor takes what there is
     assert fit_fused(plan_cfg["fused"], features, {"CPU": 0.5}, shards=4)["num_cpus"] == 0.5
 
