@@ -67,6 +67,17 @@ def test_a_file_is_one_unit_of_work_unless_a_group_takes_its_tests():
     assert work_unit("tests/test_extract_e2e.py::test_too_many_failures_exit_nonzero") == "tests/test_extract_e2e.py"
 
 
+def test_groups_then_slow_files_then_quick_files_each_file_together():
+    from conftest import longest_first
+
+    tests = [("tests/test_a.py::test_quick", False), ("tests/test_b.py::test_unit", False),
+             ("tests/test_b.py::test_e2e", True), ("tests/test_predict.py::test_x", True),
+             ("tests/test_a.py::test_quick2", False), ("tests/test_b.py::test_unit2", False)]
+    order = [tests[i][0] for i in longest_first(tests)]
+    assert order == ["tests/test_predict.py::test_x", "tests/test_b.py::test_unit", "tests/test_b.py::test_e2e",
+                     "tests/test_b.py::test_unit2", "tests/test_a.py::test_quick", "tests/test_a.py::test_quick2"]
+
+
 def test_a_clusters_ports_are_outside_the_ephemeral_range_and_never_repeat(tmp_path):
     """Ray binds a cluster's ports seconds after they are picked: ports from the ephemeral range
     (any outgoing connection may take one meanwhile) made a head fail to start under load."""
