@@ -30,6 +30,9 @@ MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 
 PY    := .venv/bin/python
+# Python writes each module's bytecode on its first import (scripts/setup.sh says why): a
+# PYTHONDONTWRITEBYTECODE from the environment would make every process compile from source.
+unexport PYTHONDONTWRITEBYTECODE
 STAMP := .venv/.crema-setup
 export PATH := $(HOME)/.local/bin:$(PATH)
 

@@ -39,10 +39,18 @@ if ! command -v uv >/dev/null; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 echo "setup: uv sync (locked; first run downloads torch & co, a few minutes)"
-# --compile-bytecode: every package's .pyc is written now, once. Without it, a machine that sets
-# PYTHONDONTWRITEBYTECODE (these VMs do; many container images do) compiles torch, transformers
-# and ray from source in EVERY process: measured 10.8 s -> 4.6 s to import and build the tiny
-# extractors in one fresh process, and each Ray worker and CLI run pays that.
-uv sync --locked --compile-bytecode
-.venv/bin/python -c "import open3d, decord, av, torch, ray, zarr, transformers, peft" \
-  && echo "setup: environment ready (.venv)"
+uv sync --locked
+# Bytecode. A machine that sets PYTHONDONTWRITEBYTECODE (these VMs do; many container images do)
+# would compile torch, transformers and ray from source in EVERY process (measured 10.8 s -> 4.6 s
+# to import and build the tiny extractors in one fresh process; each Ray worker and CLI pays it).
+# `uv sync --compile-bytecode` avoided that by compiling all 25,000 files of the environment:
+# 23 s of every fresh set-up, most of them never imported. Instead, the check below imports what
+# the programs load, in two processes side by side, with bytecode writing on: ~4,700 files,
+# compiled once. The Makefile turns writing on for everything it runs (`unexport
+# PYTHONDONTWRITEBYTECODE`), so a module imported later is compiled once too.
+warm() { env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "$1"; }
+warm "import torch, transformers.modeling_utils, transformers.models.zoedepth.modeling_zoedepth, \
+transformers.models.blip_2.modeling_blip_2, transformers.models.t5.modeling_t5, peft" & models=$!
+warm "import ray, ray.data, ray.train, zarr, open3d, decord, av, cv2, hydra, gradio"
+wait $models
+echo "setup: environment ready (.venv)"
