@@ -234,7 +234,8 @@ def _translated(rows):
 
 def _run_pass(label: str, jobs, features: dict, hashes: dict, *, root: Path, store_cfg: dict, cfg, lease,
               totals: dict) -> None:
-    """One Ray Data graph over ``jobs`` computing ``features`` (resolved) into the store."""
+    """One pass of the graph (pipeline.graph.build_dataset) over ``jobs`` computing ``features``
+    (resolved) into the store."""
     from pipeline.graph import DEFAULT_RETRIES, LOCAL_RETRIES, build_dataset, configure_data
 
     t_ray = time.time()

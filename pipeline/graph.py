@@ -520,10 +520,10 @@ class FusedStage:
         self.writer = ShardWriterStage(**writer)
         self.startup.done()
 
-    def shard(self, payload: dict | bytes) -> str:
-        """One shard through decode -> every extractor -> the writer; its marker as JSON."""
-        if isinstance(payload, (bytes, bytearray)):
-            payload = pickle.loads(payload)
+    def shard(self, blob: bytes) -> str:
+        """One shard (its pickled initial payload) through decode -> every extractor -> the
+        writer; its marker as JSON."""
+        payload = pickle.loads(blob)
         self.writer.check_lease()  # a run that lost the store wastes no decoding on it
         self.startup.attach(payload)
         for stage in (self.decode, *self.stages):
